@@ -1,0 +1,53 @@
+"""otelres: circuit breakers, jittered retries and OpenTelemetry for a Python service's dependencies.
+
+This module only re-exports; the code lives in the private modules.
+"""
+
+from __future__ import annotations
+
+from ._backoff import backoff_delay, parse_retry_after
+from ._breaker import BreakerStats, CircuitBreaker
+from ._budget import RetryBudget
+from ._clock import Clock, MonotonicClock
+from ._config import Settings, configure, load_settings
+from ._deadline import deadline, time_left
+from ._errors import CircuitOpenError, ConfigError, OtelresError, RetryError
+from ._fallback import Fallback
+from ._hooks import Listener, State, Transition, add_listener, remove_listener
+from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
+from ._registry import Registry, default_registry
+from ._resilience import Resilience, resilient
+
+__all__ = [
+    "BreakerPolicy",
+    "BreakerStats",
+    "BudgetPolicy",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Clock",
+    "ConfigError",
+    "Fallback",
+    "Listener",
+    "MonotonicClock",
+    "OtelresError",
+    "Registry",
+    "Resilience",
+    "RetryBudget",
+    "RetryError",
+    "RetryPolicy",
+    "Settings",
+    "State",
+    "Transition",
+    "add_listener",
+    "backoff_delay",
+    "configure",
+    "deadline",
+    "default_registry",
+    "load_settings",
+    "parse_retry_after",
+    "remove_listener",
+    "resilient",
+    "time_left",
+]
+
+__version__ = "0.1.0"

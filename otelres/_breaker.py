@@ -1,0 +1,412 @@
+"""The circuit breaker: a state machine that returns decisions and does no I/O.
+
+A caller asks :meth:`CircuitBreaker.acquire` for a permit (an int token, or
+``REJECTED``), makes its call *without any lock held*, and reports the outcome
+with the token. Every state change bumps an epoch, and the token is the epoch it
+was issued in: an outcome that arrives after the state moved on is counted in the
+statistics but cannot move the new state (a call admitted while closed cannot
+close a half-open breaker, nor take one of its probe permits).
+
+The closed state admits without taking the lock (two attribute reads); every
+record and every other admission takes it for a few bookkeeping operations.
+Half-open issues at most ``half_open_calls`` permits per episode, which is what
+makes "exactly K probes" hold under any number of threads or tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import _hooks
+from ._clock import MONOTONIC, Clock
+from ._errors import CircuitOpenError
+from ._hooks import State, Transition
+from ._policy import BreakerPolicy
+from ._window import CountWindow, TimeWindow, Window
+
+__all__ = ["REJECTED", "BreakerStats", "CircuitBreaker"]
+
+_T = TypeVar("_T")
+
+#: The token :meth:`CircuitBreaker.acquire` returns for a rejected call.
+REJECTED = -1
+
+_CLOSED = State.CLOSED
+_OPEN = State.OPEN
+_HALF_OPEN = State.HALF_OPEN
+_FORCED_OPEN = State.FORCED_OPEN
+_DISABLED = State.DISABLED
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BreakerStats:
+    """A consistent snapshot of one breaker's counters since it was created.
+
+    ``successes + failures + ignored`` are the attempts that ran and reported;
+    ``rejected`` the calls refused without an attempt. ``window_*`` describe the
+    sliding window as it stands (empty while not closed).
+    """
+
+    state: State
+    successes: int
+    failures: int
+    ignored: int
+    rejected: int
+    transitions: int
+    window_calls: int
+    window_failures: int
+    window_slow: int
+
+    @property
+    def failure_rate(self) -> float:
+        """Failures over calls in the window (0.0 for an empty window)."""
+        return self.window_failures / self.window_calls if self.window_calls else 0.0
+
+
+class CircuitBreaker:
+    """A per-dependency circuit breaker (thread-safe and task-safe).
+
+    Use it through :class:`otelres.Resilience` (retries, budget, fallback,
+    telemetry), as a decorator, with :meth:`call` / :meth:`acall`, or with the
+    lower-level :meth:`acquire` / :meth:`record` pair.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_consecutive",
+        "_epoch",
+        "_failures",
+        "_ignored",
+        "_lock",
+        "_open_until",
+        "_permits",
+        "_probe_successes",
+        "_rejected",
+        "_reopens",
+        "_state",
+        "_successes",
+        "_transitions",
+        "_window",
+        "name",
+        "policy",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        policy: BreakerPolicy | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy if policy is not None else BreakerPolicy()
+        self._clock = clock if clock is not None else MONOTONIC
+        self._lock = threading.Lock()
+        self._state = _CLOSED
+        self._epoch = 0
+        self._window: Window = (
+            CountWindow(self.policy.window_calls)
+            if self.policy.window_calls is not None
+            else TimeWindow(self.policy.window_seconds)
+        )
+        self._consecutive = 0
+        self._open_until = 0.0
+        self._reopens = 0
+        self._permits = 0
+        self._probe_successes = 0
+        self._successes = 0
+        self._failures = 0
+        self._ignored = 0
+        self._rejected = 0
+        self._transitions = 0
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.name!r}, state={self._state.value})"
+
+    # -- reading -----------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current state (an open breaker whose wait is over still reads ``open``
+        until the next call turns it half-open)."""
+        return self._state
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this breaker measures time with."""
+        return self._clock
+
+    def retry_after(self) -> float:
+        """Seconds until the breaker admits a probe (0.0 when it admits calls now)."""
+        state = self._state
+        if state is _OPEN:
+            return max(0.0, self._open_until - self._clock.monotonic())
+        if state is _FORCED_OPEN:
+            return self.policy.open_seconds
+        return 0.0
+
+    def stats(self) -> BreakerStats:
+        """A consistent snapshot of the counters."""
+        with self._lock:
+            w = self._window
+            if self._state is _CLOSED:
+                w.expire(self._clock.monotonic())
+            return BreakerStats(
+                self._state,
+                self._successes,
+                self._failures,
+                self._ignored,
+                self._rejected,
+                self._transitions,
+                w.calls,
+                w.failures,
+                w.slow,
+            )
+
+    # -- admission -----------------------------------------------------------
+
+    def acquire(self) -> int:
+        """A permit token for one attempt, or :data:`REJECTED`.
+
+        The token must be handed back to exactly one of :meth:`record` /
+        :meth:`on_success` / :meth:`on_failure` / :meth:`on_ignored`.
+        """
+        epoch = self._epoch
+        if self._state is _CLOSED:
+            # Lock-free: the epoch was read first, so if the state changed in
+            # between, the token is stale and its outcome cannot move the state.
+            return epoch
+        return self._acquire_locked()
+
+    def _acquire_locked(self) -> int:
+        transition = None
+        with self._lock:
+            state = self._state
+            if state is _OPEN and self._clock.monotonic() >= self._open_until:
+                transition = self._move(_HALF_OPEN, 0.0)
+                state = _HALF_OPEN
+            if state is _HALF_OPEN:
+                if self._permits < self.policy.half_open_calls:
+                    self._permits += 1
+                    token = self._epoch
+                else:
+                    self._rejected += 1
+                    token = REJECTED
+            elif state is _CLOSED or state is _DISABLED:
+                token = self._epoch
+            else:
+                self._rejected += 1
+                token = REJECTED
+        if transition is not None:
+            _hooks.emit_transition(transition)
+        return token
+
+    def rejection(self) -> CircuitOpenError:
+        """A fresh error for a rejected call (never one shared object whose
+        traceback would grow with every raise)."""
+        return CircuitOpenError(self.name, self.retry_after())
+
+    # -- outcomes ----------------------------------------------------------------
+
+    def on_success(self, token: int, started: float) -> None:
+        """The attempt admitted with ``token`` succeeded; it started at ``started``."""
+        self.record(token, False, started)
+
+    def on_failure(self, token: int, started: float) -> None:
+        """The attempt admitted with ``token`` failed."""
+        self.record(token, True, started)
+
+    def on_ignored(self, token: int) -> None:
+        """The attempt ended in a way that counts neither way (its permit is returned)."""
+        self.record(token, None, 0.0)
+
+    def record(self, token: int, failed: bool | None, started: float) -> None:
+        """Report the outcome of the attempt admitted with ``token``.
+
+        ``failed`` is True for a failure, False for a success and None for an
+        outcome that counts neither way.
+        """
+        policy = self.policy
+        now = self._clock.monotonic()
+        slow_limit = policy.slow_call_seconds
+        slow = slow_limit is not None and failed is not None and now - started >= slow_limit
+        transition = None
+        with self._lock:
+            if failed is None:
+                self._ignored += 1
+            elif failed:
+                self._failures += 1
+            else:
+                self._successes += 1
+            if token != self._epoch:
+                return  # stale: the state this permit belonged to is gone
+            state = self._state
+            if state is _CLOSED:
+                if failed is None:
+                    return
+                window = self._window
+                window.record(now, failed, slow)
+                if failed:
+                    self._consecutive += 1
+                else:
+                    self._consecutive = 0
+                calls = window.calls
+                limit = policy.consecutive_failures
+                if (limit is not None and self._consecutive >= limit) or (
+                    calls >= policy.minimum_calls
+                    and (
+                        window.failures >= policy.failure_rate * calls
+                        or (slow_limit is not None and window.slow >= policy.slow_call_rate * calls)
+                    )
+                ):
+                    transition = self._open(now, window.failures / calls if calls else 1.0)
+            elif state is _HALF_OPEN:
+                if failed is None:
+                    self._permits -= 1
+                elif failed or slow:
+                    self._reopens += 1
+                    transition = self._open(now, 1.0)
+                else:
+                    self._probe_successes += 1
+                    if self._probe_successes >= policy.half_open_calls:
+                        transition = self._move(_CLOSED, 0.0)
+        if transition is not None:
+            _hooks.emit_transition(transition)
+
+    # -- transitions (called with the lock held) -----------------------------------
+
+    def _open(self, now: float, failure_rate: float) -> Transition:
+        policy = self.policy
+        wait = policy.open_seconds * policy.open_backoff**self._reopens
+        self._open_until = now + min(policy.max_open_seconds, wait)
+        return self._move(_OPEN, failure_rate)
+
+    def _move(self, to: State, failure_rate: float) -> Transition:
+        from_state = self._state
+        # The epoch moves before the state: a lock-free reader that sees the new
+        # state also sees a new epoch, so no token outlives its state unnoticed.
+        self._epoch += 1
+        self._state = to
+        self._transitions += 1
+        self._permits = 0
+        self._probe_successes = 0
+        if to is _CLOSED:
+            self._window.clear()
+            self._consecutive = 0
+            self._reopens = 0
+        return Transition(
+            self.name, from_state, to, failure_rate, self._transitions, self._clock.monotonic()
+        )
+
+    def transition_to(self, state: State | str) -> None:
+        """Move to ``state`` by hand: ``forced_open`` rejects everything until
+        reset, ``disabled`` admits everything and records nothing, ``closed``
+        resets the window, ``open`` starts a normal open period."""
+        target = State(state)
+        with self._lock:
+            if target is self._state:
+                return
+            if target is _OPEN:
+                transition = self._open(self._clock.monotonic(), 1.0)
+            else:
+                transition = self._move(target, 0.0)
+        _hooks.emit_transition(transition)
+
+    def force_open(self) -> None:
+        """Reject every call until :meth:`reset` (or another manual transition)."""
+        self.transition_to(_FORCED_OPEN)
+
+    def disable(self) -> None:
+        """Admit every call and trip on nothing until :meth:`reset`."""
+        self.transition_to(_DISABLED)
+
+    def reset(self) -> None:
+        """Close the breaker and forget the window and the open-duration growth."""
+        self.transition_to(_CLOSED)
+
+    # -- convenience drivers -------------------------------------------------------
+
+    def classify(self, exc: BaseException | None, result: Any = None) -> bool | None:
+        """Whether an attempt's outcome counts as a failure (None: ignored)."""
+        if exc is not None:
+            return self.policy.classify(exc)
+        predicate = self.policy.failure_result
+        return bool(predicate(result)) if predicate is not None else False
+
+    def call(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn`` through the breaker alone (no retry); raise
+        :class:`CircuitOpenError` when it rejects."""
+        token = self.acquire()
+        if token == REJECTED:
+            raise self.rejection()
+        started = self._clock.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self.record(token, self.classify(exc), started)
+            raise
+        self.record(token, self.classify(None, result), started)
+        return result
+
+    async def acall(self, fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any) -> _T:
+        """The async twin of :meth:`call`, over the same :meth:`acquire` / :meth:`record`."""
+        token = self.acquire()
+        if token == REJECTED:
+            raise self.rejection()
+        started = self._clock.monotonic()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self.record(token, self.classify(exc), started)
+            raise
+        self.record(token, self.classify(None, result), started)
+        return result
+
+    def attempt(self) -> _Attempt:
+        """A context manager (``with`` or ``async with``) guarding one block."""
+        return _Attempt(self)
+
+
+class _Attempt:
+    """One guarded block: acquires on entry, records the block's exception on exit."""
+
+    __slots__ = ("_breaker", "_started", "_token")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self._token = REJECTED
+        self._started = 0.0
+
+    def __enter__(self) -> _Attempt:
+        breaker = self._breaker
+        token = breaker.acquire()
+        if token == REJECTED:
+            raise breaker.rejection()
+        self._token = token
+        self._started = breaker.clock.monotonic()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        breaker = self._breaker
+        breaker.record(self._token, breaker.classify(exc), self._started)
+
+    async def __aenter__(self) -> _Attempt:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)

@@ -1,0 +1,65 @@
+"""The retry budget: retries in flight may be at most a share of the calls in flight.
+
+This is Envoy's retry budget. Counting uses two deques, whose ``append`` and
+``pop`` are atomic in CPython (and internally locked on free-threaded builds),
+so the hot path takes no lock and ``len()`` is the number in flight.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ._policy import BudgetPolicy
+
+__all__ = ["RetryBudget"]
+
+
+class RetryBudget:
+    """The calls and retries in flight against one dependency."""
+
+    __slots__ = ("_calls", "_retries", "policy")
+
+    def __init__(self, policy: BudgetPolicy | None = None) -> None:
+        self.policy = policy if policy is not None else BudgetPolicy()
+        self._calls: deque[None] = deque()
+        self._retries: deque[None] = deque()
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Logical calls started and not yet ended."""
+        return len(self._calls)
+
+    @property
+    def retries_in_flight(self) -> int:
+        """Retries granted whose attempt has not ended yet."""
+        return len(self._retries)
+
+    def allowed(self) -> int:
+        """How many retries may be in flight right now."""
+        policy = self.policy
+        return max(policy.min_retries, int(policy.ratio * len(self._calls)))
+
+    def call_started(self) -> None:
+        """A logical call began."""
+        self._calls.append(None)
+
+    def call_ended(self) -> None:
+        """A logical call ended (whatever its outcome)."""
+        self._calls.pop()
+
+    def try_retry(self) -> bool:
+        """Take a retry slot if the budget allows; False means the retry is suppressed.
+
+        The slot is taken first and given back when over: two racing callers can
+        both be refused near the limit, but never both admitted past it.
+        """
+        retries = self._retries
+        retries.append(None)
+        if self.policy.enabled and len(retries) > self.allowed():
+            retries.pop()
+            return False
+        return True
+
+    def retry_ended(self) -> None:
+        """The attempt a slot was taken for has ended."""
+        self._retries.pop()

@@ -1,0 +1,50 @@
+"""The deadline of the work in progress, carried in a context variable.
+
+A server middleware (or any caller) sets it for the handling of one request;
+every retry flow started underneath reads it, so no retry is scheduled that
+could not start before the request's own deadline. Context variables follow
+threads started with ``contextvars.copy_context`` and every asyncio task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+from ._clock import MONOTONIC, Clock
+from ._errors import ConfigError
+
+__all__ = ["current_deadline", "deadline", "time_left"]
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("otelres_deadline", default=None)
+
+
+def current_deadline() -> float | None:
+    """The innermost deadline on the monotonic scale, or None."""
+    return _DEADLINE.get()
+
+
+def time_left(clock: Clock = MONOTONIC) -> float | None:
+    """Seconds until the current deadline (may be negative), or None without one."""
+    limit = _DEADLINE.get()
+    return None if limit is None else limit - clock.monotonic()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, *, clock: Clock = MONOTONIC) -> Iterator[float]:
+    """Bound the retries made inside the block to ``seconds`` from now.
+
+    Nested deadlines never extend an outer one. Yields the absolute deadline.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ConfigError("deadline", seconds, "a number of seconds >= 0")
+    limit = clock.monotonic() + seconds
+    outer = _DEADLINE.get()
+    if outer is not None:
+        limit = min(limit, outer)
+    token = _DEADLINE.set(limit)
+    try:
+        yield limit
+    finally:
+        _DEADLINE.reset(token)

@@ -1,0 +1,75 @@
+"""The three errors a user of otelres catches, and nothing else.
+
+They carry the figures a caller needs to act (which breaker, how long until it
+probes again, how many attempts were made) so that nobody has to parse a message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CircuitOpenError", "ConfigError", "OtelresError", "RetryError"]
+
+
+class OtelresError(Exception):
+    """Base class of every error otelres raises on its own account."""
+
+
+class CircuitOpenError(OtelresError):
+    """A call was rejected because its circuit breaker is open.
+
+    No attempt was made. ``retry_after`` is the number of seconds until the
+    breaker admits a probe again (0.0 when it is half-open and all probe
+    permits are taken), which servers turn into a ``Retry-After`` header.
+    """
+
+    def __init__(self, breaker: str, retry_after: float) -> None:
+        self.breaker = breaker
+        self.retry_after = max(0.0, retry_after)
+        super().__init__(
+            f"circuit {breaker!r} is open; next probe in {self.retry_after:.3f} s"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.breaker, self.retry_after))
+
+
+class RetryError(OtelresError):
+    """Retries were exhausted (raised only where a policy asks for it).
+
+    By default otelres re-raises the last error unchanged, so that code written
+    against a client library keeps working; ``RetryPolicy(wrap_exhausted=True)``
+    raises this instead. ``last_error`` is the exception of the last attempt, or
+    ``None`` when the last attempt returned a result that counted as a failure
+    (then ``last_result`` holds it).
+    """
+
+    def __init__(
+        self,
+        breaker: str,
+        attempts: int,
+        last_error: BaseException | None,
+        last_result: Any = None,
+    ) -> None:
+        self.breaker = breaker
+        self.attempts = attempts
+        self.last_error = last_error
+        self.last_result = last_result
+        what = repr(last_error) if last_error is not None else repr(last_result)
+        super().__init__(f"{breaker!r}: gave up after {attempts} attempt(s); last: {what}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.breaker, self.attempts, self.last_error, self.last_result))
+
+
+class ConfigError(OtelresError, ValueError):
+    """A configuration value is invalid: names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid value for {key}: {value!r} (allowed: {allowed})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.value, self.allowed))

@@ -1,0 +1,292 @@
+"""One logical call through deadline → retry (with budget) → breaker → attempt.
+
+:class:`Flow` holds every decision of a call and does no I/O: it never calls
+the protected function and never sleeps. The sync and async drivers in
+:mod:`otelres._resilience` run it, and they are the only two places that call
+the function and wait, so the two paths cannot drift apart.
+
+The protocol a driver follows::
+
+    flow = Flow(resilience, args, kwargs)
+    try:
+        while flow.admit():                 # False: ended without an attempt (fallback)
+            try: result = fn(...)
+            except BaseException as exc: step = flow.failed(exc)   # RERAISE, DONE or a delay
+            else: step = flow.returned(result)                     # DONE or a delay
+            if step is DONE: return flow.value
+            if step is RERAISE: raise
+            sleep(step)
+        return flow.value
+    finally:
+        flow.close()
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+from . import _hooks
+from ._backoff import backoff_delay
+from ._breaker import REJECTED
+from ._deadline import _DEADLINE
+from ._errors import RetryError
+from ._fallback import MISSING
+from ._hooks import State
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+    from ._resilience import Resilience
+
+__all__ = ["DONE", "RERAISE", "Flow", "testing_state"]
+
+
+class _Step:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: The call is over; the driver returns ``flow.value``.
+DONE: Final = _Step("DONE")
+#: The call is over; the driver re-raises the exception it is handling.
+RERAISE: Final = _Step("RERAISE")
+
+
+class _TestingState:
+    """What :func:`otelres.testing.testing_mode` switches (one per process)."""
+
+    __slots__ = ("attempts", "sleep")
+
+    def __init__(self) -> None:
+        self.attempts: int | None = None
+        self.sleep = True
+
+
+testing_state = _TestingState()
+
+_OPEN_STATES = (State.OPEN, State.FORCED_OPEN)
+_ADD_NOTE = sys.version_info >= (3, 11)
+
+
+class Flow:
+    """The state of one logical call; see the module docstring for the protocol."""
+
+    __slots__ = (
+        "_attempt_started",
+        "_key",
+        "_previous_delay",
+        "_retry_slot",
+        "_token",
+        "args",
+        "attempts",
+        "deadline",
+        "kwargs",
+        "no_retry",
+        "outcome",
+        "res",
+        "started",
+        "value",
+    )
+
+    def __init__(
+        self,
+        res: Resilience,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        no_retry: str | None = None,
+    ) -> None:
+        self.res = res
+        self.args = args
+        self.kwargs = kwargs
+        self.no_retry = no_retry
+        self.attempts = 0
+        self.outcome = "success"
+        self.value: Any = None
+        self._token = REJECTED
+        self._attempt_started = 0.0
+        self._previous_delay = 0.0
+        self._retry_slot = False
+        self._key: Hashable | None = None
+        now = res.clock.monotonic()
+        self.started = now
+        limit = res.retry.deadline
+        deadline = None if limit is None else now + limit
+        outer = _DEADLINE.get()
+        if outer is not None and (deadline is None or outer < deadline):
+            deadline = outer
+        self.deadline = deadline
+        res.budget.call_started()
+
+    # -- the steps -------------------------------------------------------------
+
+    def admit(self) -> bool:
+        """Get a permit for the next attempt.
+
+        True: run the attempt. False: the call ended without one and
+        ``value`` holds the fallback. Raises a fresh
+        :class:`~otelres.CircuitOpenError` when rejected with no fallback.
+        """
+        breaker = self.res.breaker
+        token = breaker.acquire()
+        if token == REJECTED:
+            self._end_retry()
+            error = breaker.rejection()
+            if _hooks.listeners:
+                _hooks.emit_rejected(breaker.name, error.retry_after)
+            if self._fall_back(error):
+                return False
+            self.outcome = "rejected"
+            raise error
+        self._token = token
+        self.attempts += 1
+        self._attempt_started = self.res.clock.monotonic()
+        return True
+
+    def failed(self, exc: BaseException) -> object:
+        """The attempt raised ``exc``: DONE, RERAISE, or the delay before the next attempt."""
+        res = self.res
+        breaker = res.breaker
+        breaker.record(self._token, breaker.policy.classify(exc), self._attempt_started)
+        self._end_retry()
+        if res.retry.should_retry(exc):
+            delay = self._retry_delay(exc, None)
+            if delay is not None:
+                return delay
+        return self._give_up(exc)
+
+    def returned(self, result: Any) -> object:
+        """The attempt returned ``result``: DONE, or the delay before the next attempt."""
+        res = self.res
+        breaker = res.breaker
+        failure_result = breaker.policy.failure_result
+        failed = failure_result is not None and bool(failure_result(result))
+        breaker.record(self._token, failed, self._attempt_started)
+        self._end_retry()
+        retry_on_result = res.retry.retry_on_result
+        if retry_on_result is None or not retry_on_result(result):
+            if failed:
+                self.outcome = "failure"
+            elif res.fallback is not None and res.fallback.caches:
+                res.fallback.remember(self._cache_key(), result, res.clock.monotonic())
+            self.value = result
+            return DONE
+        delay = self._retry_delay(None, result)
+        if delay is not None:
+            if res.discard is not None:
+                res.discard(result)
+            return delay
+        return self._give_up_result(result)
+
+    def close(self) -> None:
+        """Always called once the call ends, however it ends."""
+        res = self.res
+        self._end_retry()
+        res.budget.call_ended()
+        if _hooks.listeners:
+            _hooks.emit_call(
+                res.breaker.name, self.outcome, res.clock.monotonic() - self.started, self.attempts
+            )
+
+    # -- decisions ----------------------------------------------------------------
+
+    def _retry_delay(self, exc: BaseException | None, result: Any) -> float | None:
+        """The delay before the next attempt, or None when no retry is made."""
+        res = self.res
+        policy = res.retry
+        name = res.breaker.name
+        attempts = policy.attempts
+        cap = testing_state.attempts
+        if cap is not None and cap < attempts:
+            attempts = cap
+        if self.attempts >= attempts:
+            return None
+        if self.no_retry is not None:
+            return self._suppress(self.no_retry)
+        delay = None
+        if policy.retry_after is not None:
+            delay = policy.retry_after(exc, result)
+            if delay is not None and delay > policy.retry_after_cap:
+                # The server asked for more patience than the policy has: stop
+                # rather than come back early.
+                return self._suppress("retry_after")
+        if delay is None:
+            delay = backoff_delay(
+                policy.jitter,
+                self.attempts,
+                policy.base_delay,
+                policy.max_delay,
+                res.random,
+                self._previous_delay,
+            )
+        if self.deadline is not None and res.clock.monotonic() + delay >= self.deadline:
+            return self._suppress("deadline")
+        breaker = res.breaker
+        if breaker.state in _OPEN_STATES and breaker.retry_after() > delay:
+            # The next attempt would only be rejected: end now with the real error.
+            return self._suppress("circuit_open")
+        if not res.budget.try_retry():
+            return self._suppress("budget")
+        self._retry_slot = True
+        self._previous_delay = delay
+        if _hooks.listeners:
+            _hooks.emit_retry(name, self.attempts, delay, policy.reason(exc, result))
+        return delay
+
+    def _suppress(self, reason: str) -> None:
+        if _hooks.listeners:
+            _hooks.emit_retry_suppressed(self.res.breaker.name, self.attempts, reason)
+
+    def _give_up(self, exc: BaseException) -> object:
+        """No more attempts after ``exc``: fall back, wrap or re-raise."""
+        if not isinstance(exc, Exception):
+            self.outcome = "failure"
+            return RERAISE
+        if self.res.breaker.policy.classify(exc):
+            self.outcome = "failure"
+        if self._fall_back(exc):
+            return DONE
+        if self.attempts > 1:
+            if self.res.retry.wrap_exhausted:
+                raise RetryError(self.res.breaker.name, self.attempts, exc) from exc
+            if _ADD_NOTE:
+                exc.add_note(f"otelres: {self.res.breaker.name}: gave up after {self.attempts} attempts")
+        return RERAISE
+
+    def _give_up_result(self, result: Any) -> object:
+        """No more attempts after a result worth retrying: fall back, wrap or return it."""
+        self.outcome = "failure"
+        res = self.res
+        error = RetryError(res.breaker.name, self.attempts, None, result)
+        if self._fall_back(error):
+            return DONE
+        if res.retry.wrap_exhausted:
+            raise error
+        self.value = result
+        return DONE
+
+    def _fall_back(self, error: BaseException) -> bool:
+        fallback = self.res.fallback
+        if fallback is None:
+            return False
+        value = fallback.resolve(self._cache_key(), error, self.res.clock.monotonic())
+        if value is MISSING:
+            return False
+        self.value = value
+        self.outcome = "fallback"
+        return True
+
+    def _cache_key(self) -> Hashable | None:
+        if self._key is None and self.res.fallback is not None:
+            self._key = self.res.fallback.key(self.args, self.kwargs)
+        return self._key
+
+    def _end_retry(self) -> None:
+        if self._retry_slot:
+            self._retry_slot = False
+            self.res.budget.retry_ended()

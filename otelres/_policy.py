@@ -1,0 +1,258 @@
+"""Frozen, validated policy values: what a breaker, a retry and a budget do.
+
+Policies are values: immutable, slotted, validated once at construction (a bad
+value raises :class:`~otelres.ConfigError` naming the key, the value and what is
+allowed) and changed by copying with :meth:`evolve`. The defaults are the ones
+DESIGN.md fixes; README.md gives the reason for each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar, Union
+
+from ._backoff import JITTER_MODES, Jitter
+from ._errors import CircuitOpenError, ConfigError
+
+__all__ = [
+    "BreakerPolicy",
+    "BudgetPolicy",
+    "ExceptionMatcher",
+    "RetryPolicy",
+    "as_exception_predicate",
+]
+
+#: What a policy accepts to select exceptions: a class, a tuple of classes, or a predicate.
+ExceptionMatcher = Union[
+    type[BaseException],
+    tuple[type[BaseException], ...],
+    Callable[[BaseException], bool],
+]
+ExceptionPredicate = Callable[[BaseException], bool]
+ResultPredicate = Callable[[Any], bool]
+
+_P = TypeVar("_P")
+
+
+def _never(_: object) -> bool:
+    return False
+
+
+def as_exception_predicate(key: str, matcher: ExceptionMatcher | None) -> ExceptionPredicate:
+    """Turn a class, a tuple of classes or a predicate into one predicate."""
+    if matcher is None:
+        return _never
+    if isinstance(matcher, type) and issubclass(matcher, BaseException):
+        classes: tuple[type[BaseException], ...] = (matcher,)
+    elif isinstance(matcher, tuple):
+        if not all(isinstance(c, type) and issubclass(c, BaseException) for c in matcher):
+            raise ConfigError(key, matcher, "exception classes")
+        classes = matcher
+    elif callable(matcher):
+        return matcher
+    else:
+        raise ConfigError(key, matcher, "an exception class, a tuple of them, or a predicate")
+
+    def matches(exc: BaseException) -> bool:
+        return isinstance(exc, classes)
+
+    matches.__qualname__ = f"isinstance_of{tuple(c.__name__ for c in classes)}"
+    return matches
+
+
+def _check_number(
+    key: str,
+    value: object,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    integer: bool = False,
+) -> None:
+    kind = "an integer" if integer else "a number"
+    low_text = f"> {low:g}" if low_open else f">= {low:g}"
+    allowed = f"{kind} {low_text}" + ("" if high == math.inf else f" and <= {high:g}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, value, allowed)
+    if integer and not isinstance(value, int):
+        raise ConfigError(key, value, allowed)
+    if math.isnan(value) or value > high or value < low or (low_open and value == low):
+        raise ConfigError(key, value, allowed)
+
+
+def _check_optional(key: str, value: object, **limits: Any) -> None:
+    if value is not None:
+        _check_number(key, value, **limits)
+
+
+def _check_callable(key: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise ConfigError(key, value, "a callable or None")
+
+
+class _Evolve:
+    __slots__ = ()
+
+    def evolve(self: _P, **changes: Any) -> _P:
+        """A copy with ``changes`` applied, validated like a new policy."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BreakerPolicy(_Evolve):
+    """When a circuit breaker opens, how long it stays open, and how it probes.
+
+    It trips when, over the window (the last ``window_seconds`` seconds, or the
+    last ``window_calls`` calls when that is set) and once ``minimum_calls``
+    were seen, the failure rate reaches ``failure_rate`` or the rate of calls
+    slower than ``slow_call_seconds`` reaches ``slow_call_rate``; or after
+    ``consecutive_failures`` failures in a row. It stays open ``open_seconds``,
+    multiplied by ``open_backoff`` each time a probe fails, up to
+    ``max_open_seconds``; then admits ``half_open_calls`` probes and closes when
+    all of them succeed.
+
+    An exception counts as a failure when ``failure_on`` matches it and
+    ``ignore`` does not; an ignored exception counts neither way (the caller's
+    own mistake, or a cancellation); any other exception counts as a success.
+    A result counts as a failure when ``failure_result`` says so (HTTP 5xx).
+    """
+
+    failure_rate: float = 0.5
+    minimum_calls: int = 20
+    window_seconds: float = 30.0
+    window_calls: int | None = None
+    consecutive_failures: int | None = None
+    slow_call_seconds: float | None = None
+    slow_call_rate: float = 1.0
+    open_seconds: float = 5.0
+    open_backoff: float = 2.0
+    max_open_seconds: float = 60.0
+    half_open_calls: int = 1
+    failure_on: ExceptionMatcher = Exception
+    ignore: ExceptionMatcher | None = None
+    failure_result: ResultPredicate | None = None
+
+    def __post_init__(self) -> None:
+        _check_number("breaker.failure_rate", self.failure_rate, low=0.0, high=1.0, low_open=True)
+        _check_number("breaker.minimum_calls", self.minimum_calls, low=1, integer=True)
+        _check_number("breaker.window_seconds", self.window_seconds, low=1.0, high=86400.0)
+        _check_optional("breaker.window_calls", self.window_calls, low=1, high=100_000, integer=True)
+        _check_optional("breaker.consecutive_failures", self.consecutive_failures, low=1, integer=True)
+        _check_optional("breaker.slow_call_seconds", self.slow_call_seconds, low=0.0, low_open=True)
+        _check_number("breaker.slow_call_rate", self.slow_call_rate, low=0.0, high=1.0, low_open=True)
+        _check_number("breaker.open_seconds", self.open_seconds, low=0.0, high=86400.0, low_open=True)
+        _check_number("breaker.open_backoff", self.open_backoff, low=1.0, high=100.0)
+        _check_number("breaker.max_open_seconds", self.max_open_seconds, low=0.0, high=86400.0, low_open=True)
+        _check_number("breaker.half_open_calls", self.half_open_calls, low=1, high=10_000, integer=True)
+        if self.max_open_seconds < self.open_seconds:
+            raise ConfigError(
+                "breaker.max_open_seconds",
+                self.max_open_seconds,
+                f"a number >= breaker.open_seconds ({self.open_seconds:g})",
+            )
+        _check_callable("breaker.failure_result", self.failure_result)
+        # Normalised once here so that the hot path calls one predicate.
+        object.__setattr__(self, "_is_failure", as_exception_predicate("breaker.failure_on", self.failure_on))
+        object.__setattr__(self, "_is_ignored", as_exception_predicate("breaker.ignore", self.ignore))
+
+    # Filled in by __post_init__; declared for the type checker and the slots.
+    _is_failure: ExceptionPredicate = dataclasses.field(init=False, repr=False, compare=False, default=_never)
+    _is_ignored: ExceptionPredicate = dataclasses.field(init=False, repr=False, compare=False, default=_never)
+
+    def classify(self, exc: BaseException) -> bool | None:
+        """True: a failure; False: a success; None: ignored."""
+        if isinstance(exc, CircuitOpenError) or self._is_ignored(exc):
+            return None
+        if self._is_failure(exc):
+            return True
+        # A cancellation or an interpreter exit says nothing about the dependency.
+        return False if isinstance(exc, Exception) else None
+
+
+def _default_reason(exc: BaseException | None, result: object) -> str:
+    """A short, bounded label for why an attempt is retried (a metric attribute)."""
+    if exc is None:
+        return "result"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionError):
+        return "connect"
+    return "error"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryPolicy(_Evolve):
+    """How often, after what delay, and on what a call is retried.
+
+    ``attempts`` counts every attempt, the first included (1 disables retries).
+    The delay before retry *n* follows ``jitter`` (see
+    :func:`otelres._backoff.backoff_delay`) with ``base_delay`` and
+    ``max_delay``; a server's ``Retry-After`` (found by ``retry_after``) replaces
+    it when it is at most ``retry_after_cap`` seconds, and a longer one ends the
+    retries. ``deadline`` bounds one logical call, retries included: no retry is
+    scheduled that could not start before it. ``retry_on`` selects the
+    exceptions and ``retry_on_result`` the results worth another attempt.
+
+    When the attempts are spent, the last exception is re-raised unchanged and
+    the last result returned as it came, unless ``wrap_exhausted`` asks for
+    :class:`~otelres.RetryError`.
+    """
+
+    attempts: int = 3
+    base_delay: float = 0.1
+    max_delay: float = 5.0
+    jitter: Jitter = "full"
+    deadline: float | None = None
+    retry_on: ExceptionMatcher = Exception
+    retry_on_result: ResultPredicate | None = None
+    retry_after: Callable[[BaseException | None, Any], float | None] | None = None
+    retry_after_cap: float = 30.0
+    reason: Callable[[BaseException | None, Any], str] = _default_reason
+    wrap_exhausted: bool = False
+
+    def __post_init__(self) -> None:
+        _check_number("retry.attempts", self.attempts, low=1, high=100, integer=True)
+        _check_number("retry.base_delay", self.base_delay, low=0.0, high=3600.0)
+        _check_number("retry.max_delay", self.max_delay, low=0.0, high=3600.0)
+        if self.max_delay < self.base_delay:
+            raise ConfigError(
+                "retry.max_delay", self.max_delay, f"a number >= retry.base_delay ({self.base_delay:g})"
+            )
+        if self.jitter not in JITTER_MODES:
+            raise ConfigError("retry.jitter", self.jitter, " | ".join(JITTER_MODES))
+        _check_optional("retry.deadline", self.deadline, low=0.0, low_open=True)
+        _check_number("retry.retry_after_cap", self.retry_after_cap, low=0.0, high=86400.0)
+        _check_callable("retry.retry_on_result", self.retry_on_result)
+        _check_callable("retry.retry_after", self.retry_after)
+        _check_callable("retry.reason", self.reason)
+        if not isinstance(self.wrap_exhausted, bool):
+            raise ConfigError("retry.wrap_exhausted", self.wrap_exhausted, "true | false")
+        object.__setattr__(self, "_retries_on", as_exception_predicate("retry.retry_on", self.retry_on))
+
+    _retries_on: ExceptionPredicate = dataclasses.field(init=False, repr=False, compare=False, default=_never)
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether an attempt that raised ``exc`` is worth another one."""
+        return not isinstance(exc, CircuitOpenError) and bool(self._retries_on(exc))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BudgetPolicy(_Evolve):
+    """Envoy's retry budget: retries in flight <= max(``min_retries``, ``ratio`` * calls in flight).
+
+    A quiet service keeps ``min_retries`` concurrent retries, so a lone caller
+    still retries; under load, retries can add at most ``ratio`` to the load an
+    outage already causes. ``enabled=False`` removes the limit.
+    """
+
+    ratio: float = 0.2
+    min_retries: int = 3
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check_number("budget.ratio", self.ratio, low=0.0, high=1.0)
+        _check_number("budget.min_retries", self.min_retries, low=0, high=1_000_000, integer=True)
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("budget.enabled", self.enabled, "true | false")

@@ -1,0 +1,200 @@
+"""The public composition: deadline → retry (with budget) → breaker → attempt,
+with an optional fallback, for sync and async callables alike.
+
+The two drivers below are the only code that calls the protected function and
+the only code that waits; every decision is :class:`otelres._flow.Flow`'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random as _random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast, overload
+
+from ._breaker import CircuitBreaker
+from ._budget import RetryBudget
+from ._clock import Clock
+from ._errors import ConfigError
+from ._fallback import Fallback
+from ._flow import DONE, RERAISE, Flow, testing_state
+from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
+
+__all__ = ["Resilience", "resilient"]
+
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class Resilience:
+    """Retries, a circuit breaker, a retry budget and a fallback around calls to one dependency.
+
+    ``name`` names the dependency (``https://api.example.com:443``,
+    ``postgresql://db:5432/app`` or any label). Without ``breaker``, the
+    breaker and its retry budget are the process-wide ones registered under
+    ``name``, configured from ``OTELRES_*`` and the TOML file, so every call
+    site naming the same dependency shares one circuit. Pass a
+    :class:`BreakerPolicy` (or a ``clock``) for a private breaker, or a
+    :class:`CircuitBreaker` to share one explicitly.
+
+    Use it as a decorator (sync or async functions), or with :meth:`call` and
+    :meth:`acall`.
+    """
+
+    __slots__ = ("breaker", "budget", "clock", "discard", "enabled", "fallback", "random", "retry")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | BreakerPolicy | None = None,
+        budget: RetryBudget | BudgetPolicy | None = None,
+        fallback: Fallback[Any] | None = None,
+        discard: Callable[[Any], object] | None = None,
+        clock: Clock | None = None,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        from ._registry import default_registry
+
+        if not isinstance(name, str) or not name:
+            raise ConfigError("name", name, "a non-empty string naming the dependency")
+        registry = default_registry()
+        target = registry.settings.for_target(name)
+        if isinstance(breaker, CircuitBreaker):
+            shared_budget = None
+        elif breaker is not None or clock is not None:
+            breaker = CircuitBreaker(name, breaker or target.breaker, clock=clock)
+            shared_budget = None
+        else:
+            breaker, shared_budget = registry.entry(name)
+        if isinstance(budget, RetryBudget):
+            pass
+        elif budget is not None or shared_budget is None:
+            budget = RetryBudget(budget or target.budget)
+        else:
+            budget = shared_budget
+        if fallback is not None and not isinstance(fallback, Fallback):
+            raise ConfigError("fallback", fallback, "an otelres.Fallback (Fallback.value(x) wraps a plain value)")
+        self.breaker = breaker
+        self.budget = budget
+        self.retry = retry if retry is not None else target.retry
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigError("retry", self.retry, "an otelres.RetryPolicy")
+        self.fallback = fallback
+        self.discard = discard
+        self.clock = breaker.clock
+        self.random = random if random is not None else _random.random
+        self.enabled = target.enabled
+
+    def __repr__(self) -> str:
+        return f"Resilience({self.breaker.name!r}, state={self.breaker.state.value})"
+
+    @property
+    def name(self) -> str:
+        """The dependency's name (the breaker's)."""
+        return self.breaker.name
+
+    # -- drivers ---------------------------------------------------------------------
+
+    def call(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """Call ``fn(*args, **kwargs)`` with retries, breaker and fallback."""
+        return self.call_with(fn, args, kwargs)
+
+    def call_with(
+        self,
+        fn: Callable[..., _T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        no_retry: str | None = None,
+    ) -> _T:
+        """:meth:`call` with the arguments as values; ``no_retry`` names why this call
+        must not be retried (``not_idempotent``, ``not_replayable``): a retry that
+        would have been made is then counted as suppressed for that reason."""
+        if not self.enabled:
+            return fn(*args, **kwargs)
+        flow = Flow(self, args, kwargs, no_retry)
+        try:
+            while flow.admit():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    step = flow.failed(exc)
+                    if step is RERAISE:
+                        raise
+                else:
+                    step = flow.returned(result)
+                if step is DONE:
+                    return cast("_T", flow.value)
+                if testing_state.sleep:
+                    self.clock.sleep(cast("float", step))
+            return cast("_T", flow.value)
+        finally:
+            flow.close()
+
+    async def acall(self, fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any) -> _T:
+        """The async :meth:`call`: the same flow, awaiting ``fn`` and the delays."""
+        return await self.acall_with(fn, args, kwargs)
+
+    async def acall_with(
+        self,
+        fn: Callable[..., Awaitable[_T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        no_retry: str | None = None,
+    ) -> _T:
+        """The async :meth:`call_with`."""
+        if not self.enabled:
+            return await fn(*args, **kwargs)
+        flow = Flow(self, args, kwargs, no_retry)
+        try:
+            while flow.admit():
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    step = flow.failed(exc)
+                    if step is RERAISE:
+                        raise
+                else:
+                    step = flow.returned(result)
+                if step is DONE:
+                    return cast("_T", flow.value)
+                if testing_state.sleep:
+                    await self.clock.asleep(cast("float", step))
+            return cast("_T", flow.value)
+        finally:
+            flow.close()
+
+    # -- decorator -------------------------------------------------------------------
+
+    def __call__(self, fn: _F) -> _F:
+        """Decorate a sync or async function so that every call goes through this policy."""
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await self.acall_with(fn, args, kwargs)
+
+            return cast("_F", async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return self.call_with(fn, args, kwargs)
+
+        return cast("_F", wrapper)
+
+
+@overload
+def resilient(name: str, /, **options: Any) -> Resilience: ...
+@overload
+def resilient(name: str, fn: _F, /, **options: Any) -> _F: ...
+def resilient(name: str, fn: Any = None, /, **options: Any) -> Any:
+    """``@otelres.resilient("payments")``: a :class:`Resilience` used as a decorator.
+
+    The options are :class:`Resilience`'s keyword arguments.
+    """
+    res = Resilience(name, **options)
+    return res if fn is None else res(fn)
