@@ -8,9 +8,11 @@ distribution can be tested directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["JITTER_MODES", "Jitter", "backoff_delay", "parse_retry_after"]
 

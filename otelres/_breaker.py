@@ -7,19 +7,24 @@ was issued in: an outcome that arrives after the state moved on is counted in th
 statistics but cannot move the new state (a call admitted while closed cannot
 close a half-open breaker, nor take one of its probe permits).
 
-The closed state admits without taking the lock (two attribute reads); every
-record and every other admission takes it for a few bookkeeping operations.
-Half-open issues at most ``half_open_calls`` permits per episode, which is what
+The closed state admits without taking the lock (two attribute reads), and a
+plain success in the closed state is recorded without it too: it bumps an
+atomic tick counter (``next()`` on :func:`itertools.count` is one C call), and
+the ticks are folded into the window, under the lock, by the next record that
+needs the lock (a failure, a slow call, the first call of a new second) or by a
+:meth:`~CircuitBreaker.stats` read. Since a success can only lower the failure
+rate, the breaker evaluates its trip conditions when it records a failure or a
+slow call: a success never opens a circuit. Half-open issues at most ``half_open_calls`` permits per episode, which is what
 makes "exactly K probes" hold under any number of threads or tasks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import threading
-from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _hooks
 from ._clock import MONOTONIC, Clock
@@ -27,6 +32,10 @@ from ._errors import CircuitOpenError
 from ._hooks import State, Transition
 from ._policy import BreakerPolicy
 from ._window import CountWindow, TimeWindow, Window
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
 
 __all__ = ["REJECTED", "BreakerStats", "CircuitBreaker"]
 
@@ -77,6 +86,8 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
+        "_bucket_end",
+        "_bucket_start",
         "_clock",
         "_consecutive",
         "_epoch",
@@ -90,6 +101,8 @@ class CircuitBreaker:
         "_reopens",
         "_state",
         "_successes",
+        "_ticks",
+        "_ticks_taken",
         "_transitions",
         "_window",
         "name",
@@ -124,6 +137,12 @@ class CircuitBreaker:
         self._ignored = 0
         self._rejected = 0
         self._transitions = 0
+        # Lock-free successes: see the module docstring. They all belong to the
+        # second [_bucket_start, _bucket_end); a count window has no seconds.
+        self._ticks = itertools.count()
+        self._ticks_taken = 0
+        self._bucket_start = 0.0
+        self._bucket_end = math.inf if self.policy.window_calls is not None else -math.inf
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value})"
@@ -133,7 +152,8 @@ class CircuitBreaker:
     @property
     def state(self) -> State:
         """The current state (an open breaker whose wait is over still reads ``open``
-        until the next call turns it half-open)."""
+        until the next call turns it half-open).
+        """
         return self._state
 
     @property
@@ -153,6 +173,7 @@ class CircuitBreaker:
     def stats(self) -> BreakerStats:
         """A consistent snapshot of the counters."""
         with self._lock:
+            self._fold_ticks()
             w = self._window
             if self._state is _CLOSED:
                 w.expire(self._clock.monotonic())
@@ -208,18 +229,19 @@ class CircuitBreaker:
 
     def rejection(self) -> CircuitOpenError:
         """A fresh error for a rejected call (never one shared object whose
-        traceback would grow with every raise)."""
+        traceback would grow with every raise).
+        """
         return CircuitOpenError(self.name, self.retry_after())
 
     # -- outcomes ----------------------------------------------------------------
 
     def on_success(self, token: int, started: float) -> None:
         """The attempt admitted with ``token`` succeeded; it started at ``started``."""
-        self.record(token, False, started)
+        self.record(token, failed=False, started=started)
 
     def on_failure(self, token: int, started: float) -> None:
         """The attempt admitted with ``token`` failed."""
-        self.record(token, True, started)
+        self.record(token, failed=True, started=started)
 
     def on_ignored(self, token: int) -> None:
         """The attempt ended in a way that counts neither way (its permit is returned)."""
@@ -232,11 +254,23 @@ class CircuitBreaker:
         outcome that counts neither way.
         """
         policy = self.policy
-        now = self._clock.monotonic()
         slow_limit = policy.slow_call_seconds
+        if (
+            failed is False
+            and slow_limit is None
+            and started < self._bucket_end
+            and token == self._epoch
+            and self._state is _CLOSED
+        ):
+            # The lock-free success (see the module docstring), placed in the
+            # second its attempt started in: no clock read on this path.
+            next(self._ticks)
+            return
+        now = self._clock.monotonic()
         slow = slow_limit is not None and failed is not None and now - started >= slow_limit
         transition = None
         with self._lock:
+            self._fold_ticks()
             if failed is None:
                 self._ignored += 1
             elif failed:
@@ -249,12 +283,17 @@ class CircuitBreaker:
             if state is _CLOSED:
                 if failed is None:
                     return
+                if now >= self._bucket_end:
+                    # A new second: the ticks folded above belong to the old one.
+                    self._bucket_start = float(int(now))
+                    self._bucket_end = self._bucket_start + 1.0
                 window = self._window
                 window.record(now, failed, slow)
                 if failed:
                     self._consecutive += 1
-                else:
+                elif not slow:
                     self._consecutive = 0
+                    return
                 calls = window.calls
                 limit = policy.consecutive_failures
                 if (limit is not None and self._consecutive >= limit) or (
@@ -278,6 +317,17 @@ class CircuitBreaker:
         if transition is not None:
             _hooks.emit_transition(transition)
 
+    def _fold_ticks(self) -> None:
+        """Fold the lock-free successes into the counters and the window (lock held)."""
+        value = next(self._ticks)  # this call takes one value itself
+        count = value - self._ticks_taken
+        self._ticks_taken = value + 1
+        if count:
+            self._successes += count
+            if self._state is _CLOSED:
+                self._window.add_successes(self._bucket_start, count)
+                self._consecutive = 0
+
     # -- transitions (called with the lock held) -----------------------------------
 
     def _open(self, now: float, failure_rate: float) -> Transition:
@@ -287,6 +337,7 @@ class CircuitBreaker:
         return self._move(_OPEN, failure_rate)
 
     def _move(self, to: State, failure_rate: float) -> Transition:
+        self._fold_ticks()
         from_state = self._state
         # The epoch moves before the state: a lock-free reader that sees the new
         # state also sees a new epoch, so no token outlives its state unnoticed.
@@ -297,16 +348,17 @@ class CircuitBreaker:
         self._probe_successes = 0
         if to is _CLOSED:
             self._window.clear()
+            if self.policy.window_calls is None:
+                self._bucket_end = -math.inf
             self._consecutive = 0
             self._reopens = 0
-        return Transition(
-            self.name, from_state, to, failure_rate, self._transitions, self._clock.monotonic()
-        )
+        return Transition(self.name, from_state, to, failure_rate, self._transitions, self._clock.monotonic())
 
     def transition_to(self, state: State | str) -> None:
         """Move to ``state`` by hand: ``forced_open`` rejects everything until
         reset, ``disabled`` admits everything and records nothing, ``closed``
-        resets the window, ``open`` starts a normal open period."""
+        resets the window, ``open`` starts a normal open period.
+        """
         target = State(state)
         with self._lock:
             if target is self._state:
@@ -340,7 +392,8 @@ class CircuitBreaker:
 
     def call(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Run ``fn`` through the breaker alone (no retry); raise
-        :class:`CircuitOpenError` when it rejects."""
+        :class:`CircuitOpenError` when it rejects.
+        """
         token = self.acquire()
         if token == REJECTED:
             raise self.rejection()
@@ -382,7 +435,7 @@ class _Attempt:
         self._token = REJECTED
         self._started = 0.0
 
-    def __enter__(self) -> _Attempt:
+    def __enter__(self) -> _Attempt:  # noqa: PYI034 - a slotted final helper; Self needs 3.11
         breaker = self._breaker
         token = breaker.acquire()
         if token == REJECTED:
@@ -400,7 +453,7 @@ class _Attempt:
         breaker = self._breaker
         breaker.record(self._token, breaker.classify(exc), self._started)
 
-    async def __aenter__(self) -> _Attempt:
+    async def __aenter__(self) -> _Attempt:  # noqa: PYI034
         return self.__enter__()
 
     async def __aexit__(

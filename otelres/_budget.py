@@ -17,17 +17,19 @@ __all__ = ["RetryBudget"]
 class RetryBudget:
     """The calls and retries in flight against one dependency."""
 
-    __slots__ = ("_calls", "_retries", "policy")
+    __slots__ = ("_retries", "calls", "policy")
 
     def __init__(self, policy: BudgetPolicy | None = None) -> None:
         self.policy = policy if policy is not None else BudgetPolicy()
-        self._calls: deque[None] = deque()
+        #: One item per logical call in flight; ``append``/``pop`` it directly on
+        #: a hot path (``call_started``/``call_ended`` are the same, spelled out).
+        self.calls: deque[None] = deque()
         self._retries: deque[None] = deque()
 
     @property
     def calls_in_flight(self) -> int:
         """Logical calls started and not yet ended."""
-        return len(self._calls)
+        return len(self.calls)
 
     @property
     def retries_in_flight(self) -> int:
@@ -37,15 +39,15 @@ class RetryBudget:
     def allowed(self) -> int:
         """How many retries may be in flight right now."""
         policy = self.policy
-        return max(policy.min_retries, int(policy.ratio * len(self._calls)))
+        return max(policy.min_retries, int(policy.ratio * len(self.calls)))
 
     def call_started(self) -> None:
         """A logical call began."""
-        self._calls.append(None)
+        self.calls.append(None)
 
     def call_ended(self) -> None:
         """A logical call ended (whatever its outcome)."""
-        self._calls.pop()
+        self.calls.pop()
 
     def try_retry(self) -> bool:
         """Take a retry slot if the budget allows; False means the retry is suppressed.

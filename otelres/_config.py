@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -173,7 +174,9 @@ def _build(where: str, flat: Mapping[str, object], base: Target) -> Target:
 class Settings:
     """Everything configured: the default target, per-target overrides, the breaker cap."""
 
-    default: Target = Target(True, RetryPolicy(), BreakerPolicy(), BudgetPolicy())
+    default: Target = Target(
+        enabled=True, retry=RetryPolicy(), breaker=BreakerPolicy(), budget=BudgetPolicy()
+    )
     targets: Mapping[str, Target] = dataclasses.field(default_factory=dict)
     max_breakers: int = DEFAULT_MAX_BREAKERS
 
@@ -251,20 +254,20 @@ def load_settings(
         if raw_name in ("retry", "breaker", "budget") and not isinstance(value, Mapping):
             policies[raw_name] = value
             continue
-        name = raw_name if raw_name in KEYS else _dotted(raw_name)
-        if name is None:
+        dotted = raw_name if raw_name in KEYS else _dotted(raw_name)
+        if dotted is None:
             raise _unknown(raw_name, raw_name, KEYS)
-        flat[name] = value
-        flat["__source__." + name] = raw_name
+        flat[dotted] = value
+        flat["__source__." + dotted] = raw_name
     max_breakers = flat.pop("max_breakers", DEFAULT_MAX_BREAKERS)
     source = flat.pop("__source__.max_breakers", "max_breakers")
-    if isinstance(max_breakers, bool) or not isinstance(max_breakers, int) or not 1 <= max_breakers <= 100_000:
+    if type(max_breakers) is not int or not 1 <= max_breakers <= 100_000:
         raise ConfigError(str(source), max_breakers, "an integer >= 1 and <= 100000")
     base = Target(
-        True,
-        _policy_or_default("retry", policies, RetryPolicy),
-        _policy_or_default("breaker", policies, BreakerPolicy),
-        _policy_or_default("budget", policies, BudgetPolicy),
+        enabled=True,
+        retry=_policy_or_default("retry", policies, RetryPolicy),
+        breaker=_policy_or_default("breaker", policies, BreakerPolicy),
+        budget=_policy_or_default("budget", policies, BudgetPolicy),
     )
     default = _build("", flat, base)
     targets = {
@@ -296,7 +299,7 @@ def _dotted(name: str) -> str | None:
 
 def _read_file(path: str) -> tuple[dict[str, object], dict[str, Mapping[str, Any]]]:
     try:
-        with open(path, "rb") as fh:
+        with Path(path).open("rb") as fh:
             data = tomllib.load(fh)
     except OSError as exc:
         raise ConfigError("OTELRES_CONFIG", path, f"a readable TOML file ({exc.strerror})") from None

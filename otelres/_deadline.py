@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ._clock import MONOTONIC, Clock
 from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["current_deadline", "deadline", "time_left"]
 

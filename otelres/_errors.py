@@ -26,9 +26,7 @@ class CircuitOpenError(OtelresError):
     def __init__(self, breaker: str, retry_after: float) -> None:
         self.breaker = breaker
         self.retry_after = max(0.0, retry_after)
-        super().__init__(
-            f"circuit {breaker!r} is open; next probe in {self.retry_after:.3f} s"
-        )
+        super().__init__(f"circuit {breaker!r} is open; next probe in {self.retry_after:.3f} s")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.breaker, self.retry_after))

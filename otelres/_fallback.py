@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import ConfigError
 from ._policy import _check_number
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
 
 __all__ = ["MISSING", "Fallback", "default_key"]
 
@@ -75,7 +77,8 @@ class Fallback(Generic[_T]):
     def call(cls, factory: Callable[[BaseException], _T]) -> Fallback[_T]:
         """Return ``factory(error)``; the error is the :class:`~otelres.CircuitOpenError`,
         the last attempt's exception, or a :class:`~otelres.RetryError` holding the
-        last failed result."""
+        last failed result.
+        """
         return cls(factory)
 
     @classmethod
@@ -88,7 +91,8 @@ class Fallback(Generic[_T]):
         otherwise: Fallback[_T] | None = None,
     ) -> Fallback[_T]:
         """Return the last good result of a call with the same key, if younger than
-        ``max_age`` seconds; else ``otherwise`` (or the error itself)."""
+        ``max_age`` seconds; else ``otherwise`` (or the error itself).
+        """
         if max_size < 1:
             raise ConfigError("fallback.stale_size", max_size, "an integer >= 1")
         return cls(stale_size=max_size, stale_age=max_age, key=key, otherwise=otherwise)

@@ -71,7 +71,6 @@ class _TestingState:
 testing_state = _TestingState()
 
 _OPEN_STATES = (State.OPEN, State.FORCED_OPEN)
-_ADD_NOTE = sys.version_info >= (3, 11)
 
 
 class Flow:
@@ -85,7 +84,6 @@ class Flow:
         "_token",
         "args",
         "attempts",
-        "deadline",
         "kwargs",
         "no_retry",
         "outcome",
@@ -101,27 +99,18 @@ class Flow:
         kwargs: dict[str, Any],
         no_retry: str | None = None,
     ) -> None:
+        # Only what the success path needs is set here; the rest is set when a
+        # retry is first considered (this constructor is on every call's path).
         self.res = res
         self.args = args
         self.kwargs = kwargs
         self.no_retry = no_retry
         self.attempts = 0
         self.outcome = "success"
-        self.value: Any = None
-        self._token = REJECTED
-        self._attempt_started = 0.0
-        self._previous_delay = 0.0
+        self.started = -1.0  # the first attempt's start, set by admit()
         self._retry_slot = False
         self._key: Hashable | None = None
-        now = res.clock.monotonic()
-        self.started = now
-        limit = res.retry.deadline
-        deadline = None if limit is None else now + limit
-        outer = _DEADLINE.get()
-        if outer is not None and (deadline is None or outer < deadline):
-            deadline = outer
-        self.deadline = deadline
-        res.budget.call_started()
+        res.in_flight.append(None)  # the budget's calls in flight (atomic)
 
     # -- the steps -------------------------------------------------------------
 
@@ -132,9 +121,10 @@ class Flow:
         ``value`` holds the fallback. Raises a fresh
         :class:`~otelres.CircuitOpenError` when rejected with no fallback.
         """
-        breaker = self.res.breaker
-        token = breaker.acquire()
+        res = self.res
+        token = res.acquire()
         if token == REJECTED:
+            breaker = res.breaker
             self._end_retry()
             error = breaker.rejection()
             if _hooks.listeners:
@@ -144,8 +134,11 @@ class Flow:
             self.outcome = "rejected"
             raise error
         self._token = token
+        now = self._attempt_started = res.now()
+        if not self.attempts:
+            self.started = now
+            self._previous_delay = 0.0
         self.attempts += 1
-        self._attempt_started = self.res.clock.monotonic()
         return True
 
     def failed(self, exc: BaseException) -> object:
@@ -164,10 +157,18 @@ class Flow:
         """The attempt returned ``result``: DONE, or the delay before the next attempt."""
         res = self.res
         breaker = res.breaker
+        if res.plain_results:
+            # Neither breaker, retry nor fallback looks at results: the common case.
+            res.record(self._token, False, self._attempt_started)
+            if self._retry_slot:
+                self._end_retry()
+            self.value = result
+            return DONE
         failure_result = breaker.policy.failure_result
         failed = failure_result is not None and bool(failure_result(result))
         breaker.record(self._token, failed, self._attempt_started)
-        self._end_retry()
+        if self._retry_slot:
+            self._end_retry()
         retry_on_result = res.retry.retry_on_result
         if retry_on_result is None or not retry_on_result(result):
             if failed:
@@ -186,12 +187,13 @@ class Flow:
     def close(self) -> None:
         """Always called once the call ends, however it ends."""
         res = self.res
-        self._end_retry()
-        res.budget.call_ended()
+        if self._retry_slot:
+            self._end_retry()
+        res.in_flight.pop()
         if _hooks.listeners:
-            _hooks.emit_call(
-                res.breaker.name, self.outcome, res.clock.monotonic() - self.started, self.attempts
-            )
+            started = self.started
+            duration = res.clock.monotonic() - started if started >= 0 else 0.0
+            _hooks.emit_call(res.breaker.name, self.outcome, duration, self.attempts)
 
     # -- decisions ----------------------------------------------------------------
 
@@ -224,7 +226,8 @@ class Flow:
                 res.random,
                 self._previous_delay,
             )
-        if self.deadline is not None and res.clock.monotonic() + delay >= self.deadline:
+        deadline = self._deadline()
+        if deadline is not None and res.clock.monotonic() + delay >= deadline:
             return self._suppress("deadline")
         breaker = res.breaker
         if breaker.state in _OPEN_STATES and breaker.retry_after() > delay:
@@ -238,9 +241,20 @@ class Flow:
             _hooks.emit_retry(name, self.attempts, delay, policy.reason(exc, result))
         return delay
 
-    def _suppress(self, reason: str) -> None:
+    def _deadline(self) -> float | None:
+        """The earlier of the policy's deadline for this call and the context's."""
+        limit = self.res.retry.deadline
+        deadline = None if limit is None else self.started + limit
+        outer = _DEADLINE.get()
+        if outer is not None and (deadline is None or outer < deadline):
+            deadline = outer
+        return deadline
+
+    def _suppress(self, reason: str) -> float | None:
+        """Report a retry that was due and not made; the delay is None."""
         if _hooks.listeners:
             _hooks.emit_retry_suppressed(self.res.breaker.name, self.attempts, reason)
+        return None
 
     def _give_up(self, exc: BaseException) -> object:
         """No more attempts after ``exc``: fall back, wrap or re-raise."""
@@ -254,7 +268,7 @@ class Flow:
         if self.attempts > 1:
             if self.res.retry.wrap_exhausted:
                 raise RetryError(self.res.breaker.name, self.attempts, exc) from exc
-            if _ADD_NOTE:
+            if sys.version_info >= (3, 11):
                 exc.add_note(f"otelres: {self.res.breaker.name}: gave up after {self.attempts} attempts")
         return RERAISE
 

@@ -25,14 +25,13 @@ __all__ = [
 ]
 
 #: What a policy accepts to select exceptions: a class, a tuple of classes, or a predicate.
-ExceptionMatcher = Union[
+ExceptionMatcher = Union[  # noqa: UP007 - a runtime alias; `X | Y` of generics needs 3.10+ at runtime anyway
     type[BaseException],
     tuple[type[BaseException], ...],
     Callable[[BaseException], bool],
 ]
 ExceptionPredicate = Callable[[BaseException], bool]
 ResultPredicate = Callable[[Any], bool]
-
 _P = TypeVar("_P")
 
 
@@ -51,7 +50,7 @@ def as_exception_predicate(key: str, matcher: ExceptionMatcher | None) -> Except
             raise ConfigError(key, matcher, "exception classes")
         classes = matcher
     elif callable(matcher):
-        return matcher
+        return matcher  # type: ignore[return-value] # a predicate, by elimination
     else:
         raise ConfigError(key, matcher, "an exception class, a tuple of them, or a predicate")
 
@@ -95,7 +94,7 @@ def _check_callable(key: str, value: object) -> None:
 class _Evolve:
     __slots__ = ()
 
-    def evolve(self: _P, **changes: Any) -> _P:
+    def evolve(self: _P, **changes: Any) -> _P:  # noqa: PYI019 - Self needs 3.11 or typing_extensions
         """A copy with ``changes`` applied, validated like a new policy."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
@@ -171,7 +170,7 @@ class BreakerPolicy(_Evolve):
         return False if isinstance(exc, Exception) else None
 
 
-def _default_reason(exc: BaseException | None, result: object) -> str:
+def _default_reason(exc: BaseException | None, result: object) -> str:  # noqa: ARG001 - the reason hook's signature
     """A short, bounded label for why an attempt is retried (a metric attribute)."""
     if exc is None:
         return "result"

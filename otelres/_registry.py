@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import _config
 from ._breaker import CircuitBreaker
 from ._budget import RetryBudget
 from ._clock import MONOTONIC, Clock
 from ._config import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["OVERFLOW", "Registry", "default_registry"]
 
@@ -118,7 +121,7 @@ def default_registry() -> Registry:
 
 def set_default_registry(registry: Registry | None) -> Registry | None:
     """Swap the process-wide registry (returns the previous one); for tests."""
-    global _default  # noqa: PLW0603
+    global _default
     with _default_lock:
         previous, _default = _default, registry
     return previous

@@ -11,15 +11,17 @@ import functools
 import inspect
 import random as _random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._breaker import CircuitBreaker
 from ._budget import RetryBudget
-from ._clock import Clock
 from ._errors import ConfigError
 from ._fallback import Fallback
 from ._flow import DONE, RERAISE, Flow, testing_state
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
+
+if TYPE_CHECKING:
+    from ._clock import Clock
 
 __all__ = ["Resilience", "resilient"]
 
@@ -42,7 +44,21 @@ class Resilience:
     :meth:`acall`.
     """
 
-    __slots__ = ("breaker", "budget", "clock", "discard", "enabled", "fallback", "random", "retry")
+    __slots__ = (
+        "breaker",
+        "budget",
+        "clock",
+        "discard",
+        "enabled",
+        "fallback",
+        "acquire",
+        "in_flight",
+        "now",
+        "plain_results",
+        "record",
+        "random",
+        "retry",
+    )
 
     def __init__(
         self,
@@ -56,7 +72,7 @@ class Resilience:
         clock: Clock | None = None,
         random: Callable[[], float] | None = None,
     ) -> None:
-        from ._registry import default_registry
+        from ._registry import default_registry  # noqa: PLC0415 - the registry builds Resilience
 
         if not isinstance(name, str) or not name:
             raise ConfigError("name", name, "a non-empty string naming the dependency")
@@ -76,7 +92,7 @@ class Resilience:
         else:
             budget = shared_budget
         if fallback is not None and not isinstance(fallback, Fallback):
-            raise ConfigError("fallback", fallback, "an otelres.Fallback (Fallback.value(x) wraps a plain value)")
+            raise ConfigError("fallback", fallback, "an otelres.Fallback (Fallback.value(x) wraps a value)")
         self.breaker = breaker
         self.budget = budget
         self.retry = retry if retry is not None else target.retry
@@ -87,6 +103,17 @@ class Resilience:
         self.clock = breaker.clock
         self.random = random if random is not None else _random.random
         self.enabled = target.enabled
+        # Bound once: the flow calls these on every call.
+        self.acquire = breaker.acquire
+        self.record = breaker.record
+        self.now = self.clock.monotonic
+        self.in_flight = budget.calls
+        #: True when no policy looks at a call's result (the flow's fast path).
+        self.plain_results = (
+            breaker.policy.failure_result is None
+            and self.retry.retry_on_result is None
+            and (fallback is None or not fallback.caches)
+        )
 
     def __repr__(self) -> str:
         return f"Resilience({self.breaker.name!r}, state={self.breaker.state.value})"
@@ -112,7 +139,8 @@ class Resilience:
     ) -> _T:
         """:meth:`call` with the arguments as values; ``no_retry`` names why this call
         must not be retried (``not_idempotent``, ``not_replayable``): a retry that
-        would have been made is then counted as suppressed for that reason."""
+        would have been made is then counted as suppressed for that reason.
+        """
         if not self.enabled:
             return fn(*args, **kwargs)
         flow = Flow(self, args, kwargs, no_retry)
@@ -127,10 +155,10 @@ class Resilience:
                 else:
                     step = flow.returned(result)
                 if step is DONE:
-                    return cast("_T", flow.value)
+                    return flow.value  # type: ignore[no-any-return]
                 if testing_state.sleep:
-                    self.clock.sleep(cast("float", step))
-            return cast("_T", flow.value)
+                    self.clock.sleep(step)  # type: ignore[arg-type] # a delay, by elimination
+            return flow.value  # type: ignore[no-any-return]
         finally:
             flow.close()
 
@@ -161,10 +189,10 @@ class Resilience:
                 else:
                     step = flow.returned(result)
                 if step is DONE:
-                    return cast("_T", flow.value)
+                    return flow.value  # type: ignore[no-any-return]
                 if testing_state.sleep:
-                    await self.clock.asleep(cast("float", step))
-            return cast("_T", flow.value)
+                    await self.clock.asleep(step)  # type: ignore[arg-type]
+            return flow.value  # type: ignore[no-any-return]
         finally:
             flow.close()
 

@@ -29,7 +29,7 @@ class CountWindow:
         self.failures = 0
         self.slow = 0
 
-    def record(self, now: float, failed: bool, slow: bool) -> None:
+    def record(self, now: float, failed: bool, slow: bool) -> None:  # noqa: ARG002 - the Window interface
         """Add one outcome, evicting the oldest once the ring is full."""
         ring = self._ring
         i = self._next
@@ -43,6 +43,11 @@ class CountWindow:
         self.failures += failed
         self.slow += slow
         self._next = i + 1 if i + 1 < len(ring) else 0
+
+    def add_successes(self, now: float, count: int) -> None:
+        """Add ``count`` successes at once (the breaker's lock-free ones)."""
+        for _ in range(min(count, len(self._ring))):
+            self.record(now, failed=False, slow=False)
 
     def expire(self, now: float) -> None:
         """A count window never ages out."""
@@ -106,6 +111,17 @@ class TimeWindow:
         self.calls += 1
         self.failures += failed
         self.slow += slow
+
+    def add_successes(self, now: float, count: int) -> None:
+        """Add ``count`` successes at once to the bucket of ``now``."""
+        self.expire(now)
+        second = int(now)
+        head = self._head
+        size = len(self._buckets)
+        if head is not None and second <= head - size:
+            return  # their second has already left the window
+        self._buckets[second % size][0] += count
+        self.calls += count
 
     def clear(self) -> None:
         """Forget every outcome."""

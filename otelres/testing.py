@@ -13,13 +13,16 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from . import _hooks
 from ._breaker import CircuitBreaker
 from ._flow import testing_state
 from ._hooks import Listener, State, Transition
 from ._registry import default_registry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["CapturedEvents", "Event", "FakeClock", "capture_events", "forced_state", "testing_mode"]
 
@@ -71,7 +74,8 @@ class FakeClock:
 @contextlib.contextmanager
 def testing_mode(*, attempts: int | None = None, sleep: bool = False) -> Iterator[None]:
     """Within the block, retries do not sleep (unless ``sleep``) and every policy
-    makes at most ``attempts`` attempts (when given). Restores the previous mode."""
+    makes at most ``attempts`` attempts (when given). Restores the previous mode.
+    """
     if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1):
         raise ValueError(f"attempts must be an integer >= 1, not {attempts!r}")
     previous = (testing_state.attempts, testing_state.sleep)
@@ -86,7 +90,8 @@ def testing_mode(*, attempts: int | None = None, sleep: bool = False) -> Iterato
 def forced_state(breaker: CircuitBreaker | str, state: State | str) -> Iterator[CircuitBreaker]:
     """Hold a breaker (or the registered breaker of that name) in ``state`` for the
     block, then put it back in the state it had (closed, open and half-open come
-    back as closed or open: their window and timers are not restored)."""
+    back as closed or open: their window and timers are not restored).
+    """
     target = breaker if isinstance(breaker, CircuitBreaker) else default_registry().get(breaker)
     before = target.state
     target.transition_to(state)
