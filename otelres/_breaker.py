@@ -14,8 +14,9 @@ the ticks are folded into the window, under the lock, by the next record that
 needs the lock (a failure, a slow call, the first call of a new second) or by a
 :meth:`~CircuitBreaker.stats` read. Since a success can only lower the failure
 rate, the breaker evaluates its trip conditions when it records a failure or a
-slow call: a success never opens a circuit. Half-open issues at most ``half_open_calls`` permits per episode, which is what
-makes "exactly K probes" hold under any number of threads or tasks.
+slow call: a success never opens a circuit. Half-open issues at most
+``half_open_calls`` permits per episode, which is what makes "exactly K probes"
+hold under any number of threads or tasks.
 """
 
 from __future__ import annotations

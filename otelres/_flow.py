@@ -159,7 +159,7 @@ class Flow:
         breaker = res.breaker
         if res.plain_results:
             # Neither breaker, retry nor fallback looks at results: the common case.
-            res.record(self._token, False, self._attempt_started)
+            res.record(self._token, False, self._attempt_started)  # noqa: FBT003 - hot path
             if self._retry_slot:
                 self._end_retry()
             self.value = result

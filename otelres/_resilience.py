@@ -45,18 +45,18 @@ class Resilience:
     """
 
     __slots__ = (
+        "acquire",
         "breaker",
         "budget",
         "clock",
         "discard",
         "enabled",
         "fallback",
-        "acquire",
         "in_flight",
         "now",
         "plain_results",
-        "record",
         "random",
+        "record",
         "retry",
     )
 
