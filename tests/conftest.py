@@ -1,0 +1,38 @@
+"""Shared fixtures: every test starts from a clean otelres (no settings, no
+breakers, no listeners, no testing mode) and ends leaving none behind."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from otelres import _config, _hooks
+from otelres._flow import testing_state
+from otelres._registry import Registry, set_default_registry
+from otelres.testing import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def _clean_otelres(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Isolate each test from the environment and from every other test."""
+    for name in list(os.environ):
+        if name.startswith("OTELRES_"):
+            monkeypatch.delenv(name)
+    _config.configure(None)
+    previous_registry = set_default_registry(Registry())
+    previous_listeners = list(_hooks.listeners)
+    _hooks.listeners = []
+    attempts, sleep = testing_state.attempts, testing_state.sleep
+    yield
+    testing_state.attempts, testing_state.sleep = attempts, sleep
+    _hooks.listeners = previous_listeners
+    set_default_registry(previous_registry)
+    _config.configure(None)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake monotonic clock: tests move time, nothing sleeps for real."""
+    return FakeClock()
