@@ -16,9 +16,10 @@ from ._fallback import Fallback
 from ._hooks import Listener, State, Transition, add_listener, remove_listener
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
 from ._registry import Registry, default_registry
-from ._resilience import Resilience, resilient
+from ._resilience import Attempt, Resilience, resilient
 
 __all__ = [
+    "Attempt",
     "BreakerPolicy",
     "BreakerStats",
     "BudgetPolicy",

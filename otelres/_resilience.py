@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import random as _random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._breaker import CircuitBreaker
@@ -21,9 +21,11 @@ from ._flow import DONE, RERAISE, Flow, testing_state
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from ._clock import Clock
 
-__all__ = ["Resilience", "resilient"]
+__all__ = ["Attempt", "Resilience", "resilient"]
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -196,6 +198,55 @@ class Resilience:
         finally:
             flow.close()
 
+    # -- context managers ------------------------------------------------------------
+
+    def attempts(self) -> Iterator[Attempt]:
+        """Retry a block instead of a function, through the flow of :meth:`call`.
+
+        ::
+
+            for attempt in res.attempts():
+                with attempt:
+                    do_something()
+
+        An exception worth retrying is swallowed by the ``with`` and the loop
+        goes on after the backoff; the last one propagates. A block has no
+        result, so result predicates and fallbacks do not apply here.
+        """
+        if not self.enabled:
+            yield Attempt(None)
+            return
+        flow = Flow(self, (), {})
+        try:
+            while flow.admit():
+                attempt = Attempt(flow)
+                yield attempt
+                step = attempt.step
+                if step is DONE or step is RERAISE:
+                    return
+                if testing_state.sleep:
+                    self.clock.sleep(step)  # type: ignore[arg-type] # a delay, by elimination
+        finally:
+            flow.close()
+
+    async def aattempts(self) -> AsyncIterator[Attempt]:
+        """The async :meth:`attempts`: ``async for attempt in res.aattempts(): with attempt: ...``."""
+        if not self.enabled:
+            yield Attempt(None)
+            return
+        flow = Flow(self, (), {})
+        try:
+            while flow.admit():
+                attempt = Attempt(flow)
+                yield attempt
+                step = attempt.step
+                if step is DONE or step is RERAISE:
+                    return
+                if testing_state.sleep:
+                    await self.clock.asleep(step)  # type: ignore[arg-type]
+        finally:
+            flow.close()
+
     # -- decorator -------------------------------------------------------------------
 
     def __call__(self, fn: _F) -> _F:
@@ -226,3 +277,35 @@ def resilient(name: str, fn: Any = None, /, **options: Any) -> Any:
     """
     res = Resilience(name, **options)
     return res if fn is None else res(fn)
+
+
+class Attempt:
+    """One attempt of :meth:`Resilience.attempts`: a context manager around the block."""
+
+    __slots__ = ("_flow", "number", "step")
+
+    def __init__(self, flow: Flow | None) -> None:
+        self._flow = flow
+        self.number = flow.attempts if flow is not None else 1
+        #: What the flow decided when the block ended (DONE, RERAISE or a delay).
+        self.step: object = DONE
+
+    def __enter__(self) -> Attempt:  # noqa: PYI034 - a slotted final helper; Self needs 3.11
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        flow = self._flow
+        if flow is None:
+            return False
+        if exc is None:
+            self.step = flow.returned(None)
+            return False
+        self.step = flow.failed(exc)
+        # Swallow the exception only to retry; DONE here is a fallback, which a
+        # block cannot return, so the exception goes on.
+        return self.step is not DONE and self.step is not RERAISE
