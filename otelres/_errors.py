@@ -21,12 +21,26 @@ class CircuitOpenError(OtelresError):
     No attempt was made. ``retry_after`` is the number of seconds until the
     breaker admits a probe again (0.0 when it is half-open and all probe
     permits are taken), which servers turn into a ``Retry-After`` header.
+    Construct it as ``CircuitOpenError(breaker_name, retry_after_seconds)``.
     """
 
-    def __init__(self, breaker: str, retry_after: float) -> None:
-        self.breaker = breaker
-        self.retry_after = max(0.0, retry_after)
-        super().__init__(f"circuit {breaker!r} is open; next probe in {self.retry_after:.3f} s")
+    # No __init__ and no message built up front: a rejection is the hot path of
+    # an outage, and a Python-level __init__ plus formatting cost more than the
+    # rest of it. BaseException stores the two arguments in ``args``.
+    args: tuple[str, float]
+
+    @property
+    def breaker(self) -> str:
+        """The name of the breaker that rejected the call."""
+        return self.args[0]
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the breaker admits a probe (never negative)."""
+        return max(0.0, self.args[1])
+
+    def __str__(self) -> str:
+        return f"circuit {self.breaker!r} is open; next probe in {self.retry_after:.3f} s"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.breaker, self.retry_after))

@@ -9,14 +9,15 @@ The protocol a driver follows::
 
     flow = Flow(resilience, args, kwargs)
     try:
-        while flow.admit():                 # False: ended without an attempt (fallback)
+        while flow.admit():                 # False: ended without an attempt
             try: result = fn(...)
             except BaseException as exc: step = flow.failed(exc)   # RERAISE, DONE or a delay
             else: step = flow.returned(result)                     # DONE or a delay
             if step is DONE: return flow.value
             if step is RERAISE: raise
             sleep(step)
-        return flow.value
+        if flow.outcome == "rejected": raise flow.rejection
+        return flow.value                   # the fallback
     finally:
         flow.close()
 """
@@ -87,6 +88,7 @@ class Flow:
         "kwargs",
         "no_retry",
         "outcome",
+        "rejection",
         "res",
         "started",
         "value",
@@ -117,22 +119,25 @@ class Flow:
     def admit(self) -> bool:
         """Get a permit for the next attempt.
 
-        True: run the attempt. False: the call ended without one and
-        ``value`` holds the fallback. Raises a fresh
-        :class:`~otelres.CircuitOpenError` when rejected with no fallback.
+        True: run the attempt. False: the call ended without one; the driver
+        raises ``rejection`` (a fresh :class:`~otelres.CircuitOpenError`) when
+        ``outcome`` is ``"rejected"``, else returns ``value`` (the fallback).
+        The driver raises, not this method, so that the traceback of a
+        rejection stays one frame short: an outage makes many of them.
         """
         res = self.res
         token = res.acquire()
         if token == REJECTED:
             breaker = res.breaker
-            self._end_retry()
+            if self._retry_slot:
+                self._end_retry()
             error = breaker.rejection()
             if _hooks.listeners:
                 _hooks.emit_rejected(breaker.name, error.retry_after)
-            if self._fall_back(error):
-                return False
-            self.outcome = "rejected"
-            raise error
+            if res.fallback is None or not self._fall_back(error):
+                self.outcome = "rejected"
+                self.rejection = error
+            return False
         self._token = token
         now = self._attempt_started = res.now()
         if not self.attempts:

@@ -160,6 +160,8 @@ class Resilience:
                     return flow.value  # type: ignore[no-any-return]
                 if testing_state.sleep:
                     self.clock.sleep(step)  # type: ignore[arg-type] # a delay, by elimination
+            if flow.outcome == "rejected":
+                raise flow.rejection
             return flow.value  # type: ignore[no-any-return]
         finally:
             flow.close()
@@ -194,6 +196,8 @@ class Resilience:
                     return flow.value  # type: ignore[no-any-return]
                 if testing_state.sleep:
                     await self.clock.asleep(step)  # type: ignore[arg-type]
+            if flow.outcome == "rejected":
+                raise flow.rejection
             return flow.value  # type: ignore[no-any-return]
         finally:
             flow.close()
@@ -226,6 +230,8 @@ class Resilience:
                     return
                 if testing_state.sleep:
                     self.clock.sleep(step)  # type: ignore[arg-type] # a delay, by elimination
+            if flow.outcome == "rejected":
+                raise flow.rejection
         finally:
             flow.close()
 
@@ -244,6 +250,8 @@ class Resilience:
                     return
                 if testing_state.sleep:
                     await self.clock.asleep(step)  # type: ignore[arg-type]
+            if flow.outcome == "rejected":
+                raise flow.rejection
         finally:
             flow.close()
 
