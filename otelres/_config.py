@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
+import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -30,6 +32,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+_log = logging.getLogger("otelres")
 
 __all__ = ["KEYS", "Key", "Settings", "Target", "configure", "current", "env_name", "load_settings"]
 
@@ -93,6 +97,17 @@ _ALLOWED = {"int": "an integer", "float": "a number", "bool": "true | false", "s
 DEFAULT_MAX_BREAKERS = 256
 
 
+#: Values that compare two keys: the policy names the second key when the pair
+#: is wrong, but the user may only have set the first.
+_PAIRS = {"retry.max_delay": "retry.base_delay", "breaker.max_open_seconds": "breaker.open_seconds"}
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_SECTIONS = ("retry", "breaker", "budget")
+
+#: One layer of configuration: dotted key -> (value, where it came from).
+_Layer = dict[str, tuple[object, str]]
+
+
 def _parse_env(var: str, key: Key, text: str) -> object:
     """Parse the text of an environment variable into the key's type."""
     raw = text.strip()
@@ -100,25 +115,23 @@ def _parse_env(var: str, key: Key, text: str) -> object:
         return None
     allowed = _ALLOWED[key.kind] + (" or none" if key.optional else "")
     if key.kind == "bool":
-        lowered = raw.lower()
-        if lowered in ("true", "false"):
-            return lowered == "true"
-        raise ConfigError(var, text, allowed)
-    if key.kind == "int":
-        try:
+        if raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+    elif key.kind == "int":
+        if _INT.fullmatch(raw):
             return int(raw)
-        except ValueError:
-            raise ConfigError(var, text, allowed) from None
-    if key.kind == "float":
-        try:
+    elif key.kind == "float":
+        if _FLOAT.fullmatch(raw):
             return float(raw)
-        except ValueError:
-            raise ConfigError(var, text, allowed) from None
-    return raw
+    else:
+        return raw.lower()
+    raise ConfigError(var, text, allowed)
 
 
-def _check_toml(where: str, key: Key, value: object) -> object:
-    """Check the type of a TOML value (the policy checks its range)."""
+def _check_type(where: str, key: Key, value: object) -> object:
+    """Check the type of a value from a file or from code (the policy checks its range)."""
+    if value is None and key.optional:
+        return None
     ok = {
         "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
@@ -126,7 +139,7 @@ def _check_toml(where: str, key: Key, value: object) -> object:
         "str": isinstance(value, str),
     }[key.kind]
     if not ok:
-        raise ConfigError(where, value, _ALLOWED[key.kind])
+        raise ConfigError(where, value, _ALLOWED[key.kind] + (" or None" if key.optional else ""))
     return float(value) if key.kind == "float" else value  # type: ignore[arg-type]
 
 
@@ -140,19 +153,22 @@ class Target:
     budget: BudgetPolicy
 
 
-def _unknown(where: str, key: str, allowed: frozenset[str] | Mapping[str, Any]) -> ConfigError:
-    close = difflib.get_close_matches(key, list(allowed), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(where, key, "one of " + ", ".join(sorted(allowed)) + hint)
+def _unknown(where: str, key: str, known: Iterable[str]) -> ConfigError:
+    """An unknown key: suggest the close match, or list the keys of its section."""
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    if close:
+        return ConfigError(where, key, f"a known key; did you mean {close[0]!r}?")
+    section = key.partition(".")[0]
+    same = [k for k in known if k.startswith(section + ".")] or known
+    return ConfigError(where, key, "a known key: " + ", ".join(same))
 
 
-def _build(where: str, flat: Mapping[str, object], base: Target) -> Target:
-    """Apply flat dotted overrides to ``base``, validating through the policies."""
-    sections: dict[str, dict[str, object]] = {"retry": {}, "breaker": {}, "budget": {}}
+def _build(layer: _Layer, base: Target) -> Target:
+    """Apply a layer of dotted keys to ``base``, validated by the policies."""
+    sections: dict[str, dict[str, object]] = {name: {} for name in _SECTIONS}
     enabled = base.enabled
-    for name, value in flat.items():
-        if name.startswith("__source__."):
-            continue
+    for name, (value, _source) in layer.items():
         key = KEYS[name]
         if key.section:
             sections[key.section][key.field] = value
@@ -166,8 +182,24 @@ def _build(where: str, flat: Mapping[str, object], base: Target) -> Target:
             base.budget.evolve(**sections["budget"]),
         )
     except ConfigError as exc:
-        source = flat.get("__source__." + exc.key)
-        raise ConfigError(str(source) if source else f"{where}{exc.key}", exc.value, exc.allowed) from None
+        raise _blame(exc, layer) from None
+
+
+def _blame(exc: ConfigError, layer: _Layer) -> ConfigError:
+    """Re-address a policy's error to where the user set the value."""
+    if exc.key in layer:
+        return ConfigError(layer[exc.key][1], exc.value, exc.allowed)
+    partner = _PAIRS.get(exc.key)
+    if partner is not None and partner in layer:
+        value, source = layer[partner]
+        limit = exc.value
+        return ConfigError(
+            source,
+            value,
+            f"a number <= {exc.key} ({limit!r}); set {exc.key} too (its environment variable "
+            f"is {env_name(exc.key)})",
+        )
+    return exc
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -186,7 +218,9 @@ class Settings:
         return self.default.enabled
 
     def for_target(self, name: str) -> Target:
-        """The policies for a breaker name: an exact name entry, else a host entry, else the default."""
+        """The policies for a breaker name: an exact name entry, else a host entry
+        (host names compare case-insensitively), else the default.
+        """
         targets = self.targets
         if not targets:
             return self.default
@@ -202,30 +236,66 @@ class Settings:
 
 
 def _host_of(name: str) -> str | None:
+    """The host of a breaker name such as ``https://api.example.com:443`` (lower case)."""
     try:
         return urlsplit(name).hostname if "://" in name else None
     except ValueError:
         return None
 
 
-def _flatten(where: str, table: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, object]:
-    """``{"retry": {"attempts": 2}}`` → ``{"retry.attempts": 2}``, checking names and types."""
-    flat: dict[str, object] = {}
+def _target_key(name: str) -> str:
+    """Host keys are case-insensitive; a full breaker name is kept as written."""
+    return name if "://" in name else name.lower()
+
+
+def _layer_of_table(where: str, table: Mapping[str, Any], known: frozenset[str]) -> _Layer:
+    """``{"retry": {"attempts": 2}}`` -> ``{"retry.attempts": (2, where+key)}``, names and types checked."""
+    layer: _Layer = {}
     for top, value in table.items():
-        if isinstance(value, Mapping) and top in ("retry", "breaker", "budget"):
+        if isinstance(value, Mapping) and top in _SECTIONS:
             items = [(f"{top}.{k}", v) for k, v in value.items()]
         else:
             items = [(top, value)]
         for name, item in items:
-            if name not in allowed:
-                raise _unknown(f"{where}{name}", name, allowed)
-            flat[name] = _check_toml(f"{where}{name}", KEYS[name], item)
-            flat["__source__." + name] = f"{where}{name}"
-    return flat
+            where_key = f"{where}{name}"
+            if name not in known:
+                raise _unknown(where_key, name, known)
+            layer[name] = (_check_type(where_key, KEYS[name], item), where_key)
+    return layer
 
 
-def _strip_sources(flat: Mapping[str, object]) -> dict[str, object]:
-    return {k: v for k, v in flat.items() if not k.startswith("__source__.")}
+def _layer_of_env(env: Mapping[str, str]) -> _Layer:
+    layer: _Layer = {}
+    names = {env_name(name): name for name in KEYS}
+    for var, text in env.items():
+        if not var.startswith("OTELRES_") or var == "OTELRES_CONFIG":
+            continue
+        name = names.get(var)
+        if name is None:
+            close = difflib.get_close_matches(var, [*names, "OTELRES_CONFIG"], n=1, cutoff=0.8)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            _log.warning("otelres: ignoring unknown environment variable %s%s", var, hint)
+            continue
+        layer[name] = (_parse_env(var, KEYS[name], text), var)
+    return layer
+
+
+def _layer_of_code(overrides: Mapping[str, object]) -> tuple[_Layer, dict[str, object]]:
+    """Overrides from code: dotted or underscore keys, mappings and whole policies per section."""
+    layer: _Layer = {}
+    policies: dict[str, object] = {}
+    for raw_name, value in overrides.items():
+        if raw_name in _SECTIONS:
+            if isinstance(value, Mapping):
+                layer.update(_layer_of_table("", {raw_name: value}, frozenset(KEYS)))
+            else:
+                policies[raw_name] = value
+            continue
+        name = raw_name if raw_name in KEYS else _dotted(raw_name)
+        if name is None:
+            raise _unknown(raw_name, raw_name, KEYS)
+        layer[name] = (_check_type(raw_name, KEYS[name], value), raw_name)
+    return layer, policies
 
 
 def load_settings(
@@ -234,48 +304,38 @@ def load_settings(
 ) -> Settings:
     """Build :class:`Settings` from the TOML file, the environment and ``overrides``.
 
-    ``overrides`` take dotted keys (``"retry.attempts"``) or their underscore
-    form (``retry_attempts``), and may hold whole policies under ``retry``,
-    ``breaker`` and ``budget``.
+    ``overrides`` take dotted keys (``"retry.attempts"``), their underscore form
+    (``retry_attempts``), a mapping per section (``retry={"attempts": 2}``), or
+    a whole policy per section (``retry=RetryPolicy(...)``), which then wins over
+    the environment and the file for that section. Per-target entries of the
+    file apply over all of it, for their target.
     """
     env = os.environ if env is None else env
-    flat: dict[str, object] = {}
+    layer: _Layer = {}
     target_tables: dict[str, Mapping[str, Any]] = {}
     path = env.get("OTELRES_CONFIG", "").strip()
     if path:
-        flat, target_tables = _read_file(path)
-    for name, key in KEYS.items():
-        var = env_name(name)
-        if var in env:
-            flat[name] = _parse_env(var, key, env[var])
-            flat["__source__." + name] = var
-    policies: dict[str, object] = {}
-    for raw_name, value in (overrides or {}).items():
-        if raw_name in ("retry", "breaker", "budget") and not isinstance(value, Mapping):
-            policies[raw_name] = value
-            continue
-        dotted = raw_name if raw_name in KEYS else _dotted(raw_name)
-        if dotted is None:
-            raise _unknown(raw_name, raw_name, KEYS)
-        flat[dotted] = value
-        flat["__source__." + dotted] = raw_name
-    max_breakers = flat.pop("max_breakers", DEFAULT_MAX_BREAKERS)
-    source = flat.pop("__source__.max_breakers", "max_breakers")
+        layer, target_tables = _read_file(path)
+    layer.update(_layer_of_env(env))
+    code, policies = _layer_of_code(overrides or {})
+    # A whole policy given in code wins over the environment and the file for
+    # its section; keys given in code still apply on top of it.
+    layer = {name: entry for name, entry in layer.items() if KEYS[name].section not in policies}
+    layer.update(code)
+    max_breakers, source = layer.pop("max_breakers", (DEFAULT_MAX_BREAKERS, "max_breakers"))
     if type(max_breakers) is not int or not 1 <= max_breakers <= 100_000:
-        raise ConfigError(str(source), max_breakers, "an integer >= 1 and <= 100000")
+        raise ConfigError(source, max_breakers, "an integer >= 1 and <= 100000")
     base = Target(
         enabled=True,
         retry=_policy_or_default("retry", policies, RetryPolicy),
         breaker=_policy_or_default("breaker", policies, BreakerPolicy),
         budget=_policy_or_default("budget", policies, BudgetPolicy),
     )
-    default = _build("", flat, base)
-    targets = {
-        target: _build(f"targets.{target}.", flat_target, default)
-        for target, flat_target in (
-            (t, _flatten(f"{path}: targets.{t}.", table, _TARGET_KEYS)) for t, table in target_tables.items()
-        )
-    }
+    default = _build(layer, base)
+    targets: dict[str, Target] = {}
+    for target, table in target_tables.items():
+        where = f'{path}: targets."{target}".'
+        targets[_target_key(target)] = _build(_layer_of_table(where, table, _TARGET_KEYS), default)
     return Settings(default, targets, max_breakers)
 
 
@@ -284,12 +344,12 @@ def _policy_or_default(section: str, policies: Mapping[str, object], cls: type[A
     if value is None:
         return cls()
     if not isinstance(value, cls):
-        raise ConfigError(section, value, f"an otelres.{cls.__name__}")
+        raise ConfigError(section, value, f"an otelres.{cls.__name__} or a mapping of its keys")
     return value
 
 
 def _dotted(name: str) -> str | None:
-    for section in ("retry", "breaker", "budget"):
+    for section in _SECTIONS:
         if name.startswith(section + "_"):
             dotted = f"{section}.{name[len(section) + 1 :]}"
             if dotted in KEYS:
@@ -297,7 +357,7 @@ def _dotted(name: str) -> str | None:
     return None
 
 
-def _read_file(path: str) -> tuple[dict[str, object], dict[str, Mapping[str, Any]]]:
+def _read_file(path: str) -> tuple[_Layer, dict[str, Mapping[str, Any]]]:
     try:
         with Path(path).open("rb") as fh:
             data = tomllib.load(fh)
@@ -308,7 +368,7 @@ def _read_file(path: str) -> tuple[dict[str, object], dict[str, Mapping[str, Any
     targets = data.pop("targets", {})
     if not isinstance(targets, Mapping) or not all(isinstance(t, Mapping) for t in targets.values()):
         raise ConfigError(f"{path}: targets", targets, 'tables such as [targets."api.example.com".retry]')
-    return _flatten(f"{path}: ", data, frozenset(KEYS)), dict(targets)
+    return _layer_of_table(f"{path}: ", data, frozenset(KEYS)), dict(targets)
 
 
 _current: Settings | None = None

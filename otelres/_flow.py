@@ -134,8 +134,8 @@ class Flow:
             error = breaker.rejection()
             if _hooks.listeners:
                 _hooks.emit_rejected(breaker.name, error.retry_after)
+            self.outcome = "rejected"  # stays so if the fallback raises
             if res.fallback is None or not self._fall_back(error):
-                self.outcome = "rejected"
                 self.rejection = error
             return False
         self._token = token
@@ -145,6 +145,16 @@ class Flow:
             self._previous_delay = 0.0
         self.attempts += 1
         return True
+
+    def resume(self, token: int, started: float, exc: BaseException) -> object:
+        """Take over a call whose first attempt a driver ran on its own (admitted
+        with ``token`` at ``started``) and that raised ``exc``: as :meth:`failed`.
+        """
+        self._token = token
+        self._attempt_started = self.started = started
+        self._previous_delay = 0.0
+        self.attempts = 1
+        return self.failed(exc)
 
     def failed(self, exc: BaseException) -> object:
         """The attempt raised ``exc``: DONE, RERAISE, or the delay before the next attempt."""
@@ -167,6 +177,7 @@ class Flow:
             res.record(self._token, False, self._attempt_started)  # noqa: FBT003 - hot path
             if self._retry_slot:
                 self._end_retry()
+            self.outcome = "success"
             self.value = result
             return DONE
         failure_result = breaker.policy.failure_result
@@ -176,9 +187,8 @@ class Flow:
             self._end_retry()
         retry_on_result = res.retry.retry_on_result
         if retry_on_result is None or not retry_on_result(result):
-            if failed:
-                self.outcome = "failure"
-            elif res.fallback is not None and res.fallback.caches:
+            self.outcome = "failure" if failed else "success"
+            if not failed and res.fallback is not None and res.fallback.caches:
                 res.fallback.remember(self._cache_key(), result, res.clock.monotonic())
             self.value = result
             return DONE
@@ -242,6 +252,9 @@ class Flow:
             return self._suppress("budget")
         self._retry_slot = True
         self._previous_delay = delay
+        # Until an attempt succeeds, the call has failed: a cancellation during
+        # the backoff must not end it as a success.
+        self.outcome = "failure"
         if _hooks.listeners:
             _hooks.emit_retry(name, self.attempts, delay, policy.reason(exc, result))
         return delay

@@ -9,6 +9,7 @@ DESIGN.md fixes; README.md gives the reason for each.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Callable
 from typing import Any, TypeVar, Union
@@ -43,14 +44,18 @@ def as_exception_predicate(key: str, matcher: ExceptionMatcher | None) -> Except
     """Turn a class, a tuple of classes or a predicate into one predicate."""
     if matcher is None:
         return _never
-    if isinstance(matcher, type) and issubclass(matcher, BaseException):
+    if isinstance(matcher, type):
+        # A class is callable too: without this check retry_on=str would "match"
+        # every exception that has a message.
+        if not issubclass(matcher, BaseException):
+            raise ConfigError(key, matcher, "an exception class, a tuple of them, or a predicate")
         classes: tuple[type[BaseException], ...] = (matcher,)
     elif isinstance(matcher, tuple):
         if not all(isinstance(c, type) and issubclass(c, BaseException) for c in matcher):
             raise ConfigError(key, matcher, "exception classes")
         classes = matcher
     elif callable(matcher):
-        return matcher  # type: ignore[return-value] # a predicate, by elimination
+        return matcher
     else:
         raise ConfigError(key, matcher, "an exception class, a tuple of them, or a predicate")
 
@@ -69,21 +74,29 @@ def _check_number(
     high: float = math.inf,
     low_open: bool = False,
     integer: bool = False,
+    optional: bool = False,
 ) -> None:
     kind = "an integer" if integer else "a number"
-    low_text = f"> {low:g}" if low_open else f">= {low:g}"
-    allowed = f"{kind} {low_text}" + ("" if high == math.inf else f" and <= {high:g}")
+    low_text = f"> {_number(low)}" if low_open else f">= {_number(low)}"
+    allowed = f"{kind} {low_text}" + ("" if high == math.inf else f" and <= {_number(high)}")
+    if optional:
+        allowed += " (or None: unset)"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(key, value, allowed)
     if integer and not isinstance(value, int):
         raise ConfigError(key, value, allowed)
-    if math.isnan(value) or value > high or value < low or (low_open and value == low):
+    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
         raise ConfigError(key, value, allowed)
+
+
+def _number(limit: float) -> str:
+    """A limit as people write it: 1000000, not 1e+06; 0.5, not 0.500000."""
+    return str(int(limit)) if float(limit).is_integer() else repr(float(limit))
 
 
 def _check_optional(key: str, value: object, **limits: Any) -> None:
     if value is not None:
-        _check_number(key, value, **limits)
+        _check_number(key, value, optional=True, **limits)
 
 
 def _check_callable(key: str, value: object) -> None:
@@ -96,6 +109,12 @@ class _Evolve:
 
     def evolve(self: _P, **changes: Any) -> _P:  # noqa: PYI019 - Self needs 3.11 or typing_extensions
         """A copy with ``changes`` applied, validated like a new policy."""
+        fields = [f.name for f in dataclasses.fields(self) if f.init]  # type: ignore[arg-type]
+        for name, value in changes.items():
+            if name not in fields:
+                close = difflib.get_close_matches(name, fields, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "one of " + ", ".join(fields)
+                raise ConfigError(f"{type(self).__name__}.{name}", value, f"a known field; {hint}")
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
@@ -225,7 +244,8 @@ class RetryPolicy(_Evolve):
         _check_number("retry.retry_after_cap", self.retry_after_cap, low=0.0, high=86400.0)
         _check_callable("retry.retry_on_result", self.retry_on_result)
         _check_callable("retry.retry_after", self.retry_after)
-        _check_callable("retry.reason", self.reason)
+        if not callable(self.reason):
+            raise ConfigError("retry.reason", self.reason, "a callable (exception, result) -> str")
         if not isinstance(self.wrap_exhausted, bool):
             raise ConfigError("retry.wrap_exhausted", self.wrap_exhausted, "true | false")
         object.__setattr__(self, "_retries_on", as_exception_predicate("retry.retry_on", self.retry_on))

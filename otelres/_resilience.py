@@ -13,7 +13,8 @@ import random as _random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from ._breaker import CircuitBreaker
+from . import _hooks
+from ._breaker import REJECTED, CircuitBreaker
 from ._budget import RetryBudget
 from ._errors import ConfigError
 from ._fallback import Fallback
@@ -54,6 +55,7 @@ class Resilience:
         "discard",
         "enabled",
         "fallback",
+        "fast",
         "in_flight",
         "now",
         "plain_results",
@@ -116,6 +118,8 @@ class Resilience:
             and self.retry.retry_on_result is None
             and (fallback is None or not fallback.caches)
         )
+        #: True when the drivers may run a first attempt without a Flow.
+        self.fast = self.enabled and self.plain_results and fallback is None
 
     def __repr__(self) -> str:
         return f"Resilience({self.breaker.name!r}, state={self.breaker.state.value})"
@@ -143,26 +147,64 @@ class Resilience:
         must not be retried (``not_idempotent``, ``not_replayable``): a retry that
         would have been made is then counted as suppressed for that reason.
         """
+        if self.fast and not _hooks.listeners:
+            # The first attempt without a Flow: admission and a plain success are
+            # two breaker calls. Anything else hands over to the flow below.
+            token = self.acquire()
+            if token == REJECTED:
+                raise self.breaker.rejection()
+            started = self.now()
+            in_flight = self.in_flight
+            in_flight.append(None)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
+                first = exc
+            else:
+                self.record(token, False, started)  # noqa: FBT003 - hot path
+                return result
+            finally:
+                in_flight.pop()
+            return self._retry(fn, args, kwargs, no_retry, token, started, first)
         if not self.enabled:
             return fn(*args, **kwargs)
+        return self._retry(fn, args, kwargs, no_retry, REJECTED, 0.0, None)
+
+    def _retry(
+        self,
+        fn: Callable[..., _T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        no_retry: str | None,
+        token: int,
+        started: float,
+        first: BaseException | None,
+    ) -> _T:
+        """The sync driver of :class:`Flow`, from the start or after a failed first attempt."""
         flow = Flow(self, args, kwargs, no_retry)
         try:
-            while flow.admit():
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    step = flow.failed(exc)
-                    if step is RERAISE:
-                        raise
-                else:
-                    step = flow.returned(result)
+            step = None if first is None else flow.resume(token, started, first)
+            while True:
+                if step is None:
+                    if not flow.admit():
+                        if flow.outcome == "rejected":
+                            raise flow.rejection
+                        return flow.value  # type: ignore[no-any-return]
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        step = flow.failed(exc)
+                        if step is RERAISE:
+                            raise
+                    else:
+                        step = flow.returned(result)
+                elif step is RERAISE:
+                    raise first  # type: ignore[misc] # set whenever resume() ran
                 if step is DONE:
                     return flow.value  # type: ignore[no-any-return]
                 if testing_state.sleep:
                     self.clock.sleep(step)  # type: ignore[arg-type] # a delay, by elimination
-            if flow.outcome == "rejected":
-                raise flow.rejection
-            return flow.value  # type: ignore[no-any-return]
+                step = None
         finally:
             flow.close()
 
@@ -179,26 +221,62 @@ class Resilience:
         no_retry: str | None = None,
     ) -> _T:
         """The async :meth:`call_with`."""
+        if self.fast and not _hooks.listeners:
+            token = self.acquire()
+            if token == REJECTED:
+                raise self.breaker.rejection()
+            started = self.now()
+            in_flight = self.in_flight
+            in_flight.append(None)
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
+                first = exc
+            else:
+                self.record(token, False, started)  # noqa: FBT003 - hot path
+                return result
+            finally:
+                in_flight.pop()
+            return await self._aretry(fn, args, kwargs, no_retry, token, started, first)
         if not self.enabled:
             return await fn(*args, **kwargs)
+        return await self._aretry(fn, args, kwargs, no_retry, REJECTED, 0.0, None)
+
+    async def _aretry(
+        self,
+        fn: Callable[..., Awaitable[_T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        no_retry: str | None,
+        token: int,
+        started: float,
+        first: BaseException | None,
+    ) -> _T:
+        """The async driver of :class:`Flow`: :meth:`_retry` with ``await``."""
         flow = Flow(self, args, kwargs, no_retry)
         try:
-            while flow.admit():
-                try:
-                    result = await fn(*args, **kwargs)
-                except BaseException as exc:
-                    step = flow.failed(exc)
-                    if step is RERAISE:
-                        raise
-                else:
-                    step = flow.returned(result)
+            step = None if first is None else flow.resume(token, started, first)
+            while True:
+                if step is None:
+                    if not flow.admit():
+                        if flow.outcome == "rejected":
+                            raise flow.rejection
+                        return flow.value  # type: ignore[no-any-return]
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except BaseException as exc:
+                        step = flow.failed(exc)
+                        if step is RERAISE:
+                            raise
+                    else:
+                        step = flow.returned(result)
+                elif step is RERAISE:
+                    raise first  # type: ignore[misc]
                 if step is DONE:
                     return flow.value  # type: ignore[no-any-return]
                 if testing_state.sleep:
                     await self.clock.asleep(step)  # type: ignore[arg-type]
-            if flow.outcome == "rejected":
-                raise flow.rejection
-            return flow.value  # type: ignore[no-any-return]
+                step = None
         finally:
             flow.close()
 
