@@ -124,7 +124,7 @@ def _parse_env(var: str, key: Key, text: str) -> object:
         if _FLOAT.fullmatch(raw):
             return float(raw)
     else:
-        return raw.lower()
+        return raw.lower()  # the only string key is an enumeration (retry.jitter)
     raise ConfigError(var, text, allowed)
 
 
@@ -156,7 +156,11 @@ class Target:
 def _unknown(where: str, key: str, known: Iterable[str]) -> ConfigError:
     """An unknown key: suggest the close match, or list the keys of its section."""
     known = sorted(known)
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    # A key without its section ("attempts" for "retry.attempts") is the
+    # likeliest slip: match it against the fields first.
+    close = [k for k in known if k.rpartition(".")[2] == key] or difflib.get_close_matches(
+        key, known, n=1, cutoff=0.75
+    )
     if close:
         return ConfigError(where, key, f"a known key; did you mean {close[0]!r}?")
     section = key.partition(".")[0]
@@ -286,6 +290,8 @@ def _layer_of_code(overrides: Mapping[str, object]) -> tuple[_Layer, dict[str, o
     policies: dict[str, object] = {}
     for raw_name, value in overrides.items():
         if raw_name in _SECTIONS:
+            if value is None:
+                continue
             if isinstance(value, Mapping):
                 layer.update(_layer_of_table("", {raw_name: value}, frozenset(KEYS)))
             else:
