@@ -7,7 +7,9 @@ distribution can be tested directly.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import re
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -18,6 +20,9 @@ __all__ = ["JITTER_MODES", "Jitter", "backoff_delay", "parse_retry_after"]
 
 Jitter = Literal["full", "equal", "decorrelated", "none"]
 JITTER_MODES: tuple[str, ...] = ("full", "equal", "decorrelated", "none")
+
+# RFC 9110 section 5.6.7: asctime-date = day-name SP month SP ( 2DIGIT / ( SP DIGIT ) ) SP time SP year
+_ASCTIME = re.compile(r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}")
 
 # 2.0 ** 1023 is the largest power of two a float holds; past it the ceiling
 # is the cap anyway, so the exponent is clamped well before an OverflowError.
@@ -62,11 +67,13 @@ def backoff_delay(
 def parse_retry_after(value: str | bytes | None, *, now: float) -> float | None:
     """Seconds to wait according to a ``Retry-After`` header value, or ``None``.
 
-    Accepts delta-seconds (``"120"``) and an HTTP-date
-    (``"Wed, 21 Oct 2015 07:28:00 GMT"``), ``now`` being the wall clock in
-    seconds since the epoch. A date in the past gives 0.0. Anything else —
-    negative or fractional numbers, garbage, a date without a time zone, a value
-    too large for a float — gives ``None``: a malformed header is ignored, never
+    Accepts delta-seconds (``"120"``) and an HTTP-date in any of the three forms
+    RFC 9110 requires a recipient to accept (IMF-fixdate
+    ``"Wed, 21 Oct 2015 07:28:00 GMT"``, RFC 850, asctime; all GMT by
+    definition), ``now`` being the wall clock in seconds since the epoch. A date
+    in the past gives 0.0, and a number of seconds too large to matter gives
+    ``math.inf`` (which any cap refuses). Anything else — negative or fractional
+    numbers, garbage — gives ``None``: a malformed header is ignored, never
     raised. Capping is the caller's business (the policy knows the cap).
     """
     if value is None:
@@ -89,7 +96,11 @@ def parse_retry_after(value: str | bytes | None, *, now: float) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
-        return None
+        # Only asctime() is GMT without saying so; another date without a zone
+        # (or with RFC 5322's "-0000", local time unknown) is not an HTTP-date.
+        if not _ASCTIME.fullmatch(text):
+            return None
+        when = when.replace(tzinfo=dt.timezone.utc)
     try:
         return max(0.0, when.timestamp() - now)
     except (OverflowError, OSError, ValueError):  # pragma: no cover - platform limits

@@ -135,6 +135,8 @@ class Fallback(Generic[_T]):
                 if entry is not None and now - entry[0] > self._max_age:
                     del self._cache[key]
                     entry = None
+                elif entry is not None:
+                    self._cache.move_to_end(key)  # least recently *used* goes first
             if entry is not None:
                 return entry[1]
         if self._factory is not None:

@@ -228,6 +228,8 @@ class Flow:
         delay = None
         if policy.retry_after is not None:
             delay = policy.retry_after(exc, result)
+            if delay is not None and not delay >= 0.0:
+                delay = None  # NaN or negative from a hook: ignored, like a malformed header
             if delay is not None and delay > policy.retry_after_cap:
                 # The server asked for more patience than the policy has: stop
                 # rather than come back early.
@@ -279,8 +281,12 @@ class Flow:
         if not isinstance(exc, Exception):
             self.outcome = "failure"
             return RERAISE
-        if self.res.breaker.policy.classify(exc):
-            self.outcome = "failure"
+        if not self.res.breaker.policy.classify(exc):
+            # The dependency answered; the error is the caller's own (a bad
+            # argument, a 404): no fallback hides it, and it does not count as a
+            # failure of the dependency.
+            return RERAISE
+        self.outcome = "failure"
         if self._fall_back(exc):
             return DONE
         if self.attempts > 1:
@@ -296,8 +302,10 @@ class Flow:
         res = self.res
         error = RetryError(res.breaker.name, self.attempts, None, result)
         if self._fall_back(error):
+            if res.discard is not None:
+                res.discard(result)  # replaced by the fallback: release it (an HTTP response)
             return DONE
-        if res.retry.wrap_exhausted:
+        if res.retry.wrap_exhausted and self.attempts > 1:
             raise error
         self.value = result
         return DONE

@@ -254,7 +254,13 @@ class RetryPolicy(_Evolve):
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether an attempt that raised ``exc`` is worth another one."""
-        return not isinstance(exc, CircuitOpenError) and bool(self._retries_on(exc))
+        # A cancellation or an interpreter exit is never retried, whatever the
+        # predicate says: retrying it would keep a cancelled task running.
+        return (
+            isinstance(exc, Exception)
+            and not isinstance(exc, CircuitOpenError)
+            and bool(self._retries_on(exc))
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

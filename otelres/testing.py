@@ -101,6 +101,10 @@ def forced_state(breaker: CircuitBreaker | str, state: State | str) -> Iterator[
         target.transition_to(State.OPEN if before is State.HALF_OPEN else before)
 
 
+# Its name starts with "test": keep pytest from collecting it where it is imported.
+testing_mode.__test__ = False  # type: ignore[attr-defined]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
     """One reported event: its kind and its figures."""

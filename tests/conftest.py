@@ -4,7 +4,7 @@ breakers, no listeners, no testing mode) and ends leaving none behind."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -12,6 +12,9 @@ from otelres import _config, _hooks
 from otelres._flow import testing_state
 from otelres._registry import Registry, set_default_registry
 from otelres.testing import FakeClock
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture(autouse=True)

@@ -473,7 +473,7 @@ def test_default_retry_on_is_every_exception_but_not_base_exceptions() -> None:
     ("retry_on", "control"),
     [
         (Exception, RuntimeError()),
-        (BaseException, KeyboardInterrupt()),
+        (BaseException, LookupError()),
         ((CircuitOpenError, KeyError), KeyError()),
         (otelres.OtelresError, otelres.RetryError("x", 3, None)),
         (lambda _: True, ValueError()),
@@ -484,6 +484,16 @@ def test_should_retry_never_retries_circuit_open_error(retry_on: object, control
     policy = RetryPolicy(retry_on=retry_on)  # type: ignore[arg-type]
     assert policy.should_retry(CircuitOpenError("x", 0.0)) is False
     assert policy.should_retry(control) is True
+
+
+@pytest.mark.parametrize("retry_on", [BaseException, lambda _: True])
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), SystemExit(1), GeneratorExit()])
+def test_interrupts_are_never_retried_whatever_retry_on_says(
+    retry_on: object, interrupt: BaseException
+) -> None:
+    """A BaseException that is not an Exception (an interrupt, an exit) is never worth another attempt."""
+    policy = RetryPolicy(retry_on=retry_on)  # type: ignore[arg-type]
+    assert policy.should_retry(interrupt) is False
 
 
 def test_circuit_open_subclass_is_never_retried_nor_counted() -> None:

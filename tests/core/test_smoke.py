@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import otelres
-from otelres.testing import FakeClock
+
+if TYPE_CHECKING:
+    from otelres.testing import FakeClock
 
 
 def test_decorated_function_retries_then_succeeds(clock: FakeClock) -> None:
