@@ -142,7 +142,7 @@ class CircuitBreaker:
         # second [_bucket_start, _bucket_end); a count window has no seconds.
         self._ticks = itertools.count()
         self._ticks_taken = 0
-        self._bucket_start = 0.0
+        self._bucket_start = -math.inf
         self._bucket_end = math.inf if self.policy.window_calls is not None else -math.inf
 
     def __repr__(self) -> str:
@@ -259,12 +259,13 @@ class CircuitBreaker:
         if (
             failed is False
             and slow_limit is None
-            and started < self._bucket_end
+            and self._bucket_start <= started < self._bucket_end
             and token == self._epoch
             and self._state is _CLOSED
         ):
-            # The lock-free success (see the module docstring), placed in the
-            # second its attempt started in: no clock read on this path.
+            # The lock-free success (see the module docstring): it started in
+            # the window's newest second, where the fold will count it. No
+            # clock read on this path.
             next(self._ticks)
             return
         now = self._clock.monotonic()
@@ -284,24 +285,31 @@ class CircuitBreaker:
             if state is _CLOSED:
                 if failed is None:
                     return
-                if now >= self._bucket_end:
+                window = self._window
+                if now >= self._bucket_end and self._bucket_end != math.inf:
                     # A new second: the ticks folded above belong to the old one.
                     self._bucket_start = float(int(now))
                     self._bucket_end = self._bucket_start + 1.0
-                window = self._window
-                window.record(now, failed, slow)
                 if failed:
+                    # A failure counts when it is recorded, a success in the
+                    # second it started (as on the lock-free path).
+                    window.record(now, failed, slow)
                     self._consecutive += 1
-                elif not slow:
+                else:
+                    window.expire(now)
+                    window.record(started, failed, slow)
                     self._consecutive = 0
-                    return
+                    if not slow:
+                        return
                 calls = window.calls
                 limit = policy.consecutive_failures
+                # Rates are compared as quotients: 7 / 25 >= 0.28 holds, while
+                # 7 >= 0.28 * 25 (= 7.000000000000001) would not.
                 if (limit is not None and self._consecutive >= limit) or (
                     calls >= policy.minimum_calls
                     and (
-                        window.failures >= policy.failure_rate * calls
-                        or (slow_limit is not None and window.slow >= policy.slow_call_rate * calls)
+                        window.failures / calls >= policy.failure_rate
+                        or (slow_limit is not None and window.slow / calls >= policy.slow_call_rate)
                     )
                 ):
                     transition = self._open(now, window.failures / calls if calls else 1.0)
@@ -333,7 +341,9 @@ class CircuitBreaker:
 
     def _open(self, now: float, failure_rate: float) -> Transition:
         policy = self.policy
-        wait = policy.open_seconds * policy.open_backoff**self._reopens
+        # The exponent is clamped: after many failed probes the cap applies
+        # anyway, and 2.0 ** 1024 would raise OverflowError.
+        wait = policy.open_seconds * policy.open_backoff ** min(self._reopens, 64)
         self._open_until = now + min(policy.max_open_seconds, wait)
         return self._move(_OPEN, failure_rate)
 
@@ -347,10 +357,11 @@ class CircuitBreaker:
         self._transitions += 1
         self._permits = 0
         self._probe_successes = 0
+        # The window belongs to one closed period: it starts empty each time.
+        self._window.clear()
+        if self.policy.window_calls is None:
+            self._bucket_start = self._bucket_end = -math.inf
         if to is _CLOSED:
-            self._window.clear()
-            if self.policy.window_calls is None:
-                self._bucket_end = -math.inf
             self._consecutive = 0
             self._reopens = 0
         return Transition(self.name, from_state, to, failure_rate, self._transitions, self._clock.monotonic())
@@ -391,6 +402,23 @@ class CircuitBreaker:
         predicate = self.policy.failure_result
         return bool(predicate(result)) if predicate is not None else False
 
+    def settle(
+        self, token: int, started: float, exc: BaseException | None, result: Any = None
+    ) -> bool | None:
+        """Classify an attempt's outcome and record it; returns the classification.
+
+        The permit is recorded even when a user predicate raises (as a failure,
+        the cautious reading), so that a bug in a predicate can never wedge a
+        half-open breaker; the predicate's error then propagates.
+        """
+        try:
+            failed = self.classify(exc, result)
+        except BaseException:
+            self.record(token, True, started)  # noqa: FBT003
+            raise
+        self.record(token, failed, started)
+        return failed
+
     def call(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Run ``fn`` through the breaker alone (no retry); raise
         :class:`CircuitOpenError` when it rejects.
@@ -402,9 +430,9 @@ class CircuitBreaker:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self.record(token, self.classify(exc), started)
+            self.settle(token, started, exc)
             raise
-        self.record(token, self.classify(None, result), started)
+        self.settle(token, started, None, result)
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any) -> _T:
@@ -416,9 +444,9 @@ class CircuitBreaker:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self.record(token, self.classify(exc), started)
+            self.settle(token, started, exc)
             raise
-        self.record(token, self.classify(None, result), started)
+        self.settle(token, started, None, result)
         return result
 
     def attempt(self) -> _Attempt:
@@ -451,8 +479,7 @@ class _Attempt:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        breaker = self._breaker
-        breaker.record(self._token, breaker.classify(exc), self._started)
+        self._breaker.settle(self._token, self._started, exc)
 
     async def __aenter__(self) -> _Attempt:  # noqa: PYI034
         return self.__enter__()

@@ -159,14 +159,15 @@ class Flow:
     def failed(self, exc: BaseException) -> object:
         """The attempt raised ``exc``: DONE, RERAISE, or the delay before the next attempt."""
         res = self.res
-        breaker = res.breaker
-        breaker.record(self._token, breaker.policy.classify(exc), self._attempt_started)
-        self._end_retry()
+        try:
+            failed = res.breaker.settle(self._token, self._attempt_started, exc)
+        finally:
+            self._end_retry()
         if res.retry.should_retry(exc):
             delay = self._retry_delay(exc, None)
             if delay is not None:
                 return delay
-        return self._give_up(exc)
+        return self._give_up(exc, failed)
 
     def returned(self, result: Any) -> object:
         """The attempt returned ``result``: DONE, or the delay before the next attempt."""
@@ -180,10 +181,9 @@ class Flow:
             self.outcome = "success"
             self.value = result
             return DONE
-        failure_result = breaker.policy.failure_result
-        failed = failure_result is not None and bool(failure_result(result))
-        breaker.record(self._token, failed, self._attempt_started)
-        if self._retry_slot:
+        try:
+            failed = bool(breaker.settle(self._token, self._attempt_started, None, result))
+        finally:
             self._end_retry()
         retry_on_result = res.retry.retry_on_result
         if retry_on_result is None or not retry_on_result(result):
@@ -276,12 +276,15 @@ class Flow:
             _hooks.emit_retry_suppressed(self.res.breaker.name, self.attempts, reason)
         return None
 
-    def _give_up(self, exc: BaseException) -> object:
-        """No more attempts after ``exc``: fall back, wrap or re-raise."""
+    def _give_up(self, exc: BaseException, failed: bool | None) -> object:
+        """No more attempts after ``exc``: fall back, wrap or re-raise.
+
+        ``failed`` is the breaker's reading of ``exc``.
+        """
         if not isinstance(exc, Exception):
             self.outcome = "failure"
             return RERAISE
-        if not self.res.breaker.policy.classify(exc):
+        if not failed:
             # The dependency answered; the error is the caller's own (a bad
             # argument, a 404): no fallback hides it, and it does not count as a
             # failure of the dependency.
