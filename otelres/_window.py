@@ -101,8 +101,12 @@ class TimeWindow:
         head = self._head
         size = len(self._buckets)
         if head is not None and second <= head - size:
-            # A caller that read the clock before another one recorded a later
-            # second: its own second has left the window, so count it as now.
+            # Its second has left the window. A success (placed by the second
+            # it started in) is simply no longer in it; a failure (placed by the
+            # clock read just before the lock) raced with a later record, and
+            # counts as now rather than be lost.
+            if not failed:
+                return
             second = head
         bucket = self._buckets[second % size]
         bucket[0] += 1
