@@ -232,7 +232,15 @@ class CircuitBreaker:
         """A fresh error for a rejected call (never one shared object whose
         traceback would grow with every raise).
         """
-        return CircuitOpenError(self.name, self.retry_after())
+        # retry_after() inlined: this is the hot path of an outage.
+        state = self._state
+        if state is _OPEN:
+            wait = self._open_until - self._clock.monotonic()
+        elif state is _FORCED_OPEN:
+            wait = self.policy.open_seconds
+        else:
+            wait = 0.0
+        return CircuitOpenError(self.name, wait)  # the error clamps it at 0 when read
 
     # -- outcomes ----------------------------------------------------------------
 
