@@ -95,6 +95,7 @@ class CircuitBreaker:
         "_failures",
         "_ignored",
         "_lock",
+        "_minimum_calls",
         "_open_until",
         "_permits",
         "_probe_successes",
@@ -119,6 +120,11 @@ class CircuitBreaker:
     ) -> None:
         self.name = name
         self.policy = policy if policy is not None else BreakerPolicy()
+        # A count window of N calls can never see more than N: like
+        # resilience4j, the minimum is capped at the window's size.
+        self._minimum_calls = min(
+            self.policy.minimum_calls, self.policy.window_calls or self.policy.minimum_calls
+        )
         self._clock = clock if clock is not None else MONOTONIC
         self._lock = threading.Lock()
         self._state = _CLOSED
@@ -298,14 +304,17 @@ class CircuitBreaker:
                     # A new second: the ticks folded above belong to the old one.
                     self._bucket_start = float(int(now))
                     self._bucket_end = self._bucket_start + 1.0
-                if failed:
-                    # A failure counts when it is recorded, a success in the
-                    # second it started (as on the lock-free path).
+                if failed or slow:
+                    # A failure or a slow call counts when it is recorded (a
+                    # call longer than the window must still count); a plain
+                    # success in the second it started, as on the lock-free path.
                     window.record(now, failed, slow)
-                    self._consecutive += 1
                 else:
                     window.expire(now)
                     window.record(started, failed, slow)
+                if failed:
+                    self._consecutive += 1
+                else:
                     self._consecutive = 0
                     if not slow:
                         return
@@ -314,7 +323,7 @@ class CircuitBreaker:
                 # Rates are compared as quotients: 7 / 25 >= 0.28 holds, while
                 # 7 >= 0.28 * 25 (= 7.000000000000001) would not.
                 if (limit is not None and self._consecutive >= limit) or (
-                    calls >= policy.minimum_calls
+                    calls >= self._minimum_calls
                     and (
                         window.failures / calls >= policy.failure_rate
                         or (slow_limit is not None and window.slow / calls >= policy.slow_call_rate)
