@@ -39,3 +39,13 @@ def _clean_otelres(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def clock() -> FakeClock:
     """A fake monotonic clock: tests move time, nothing sleeps for real."""
     return FakeClock()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI a skip is a failure: a test whose real service is missing must not pass silently."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which counts as a failure: {report.longrepr}"
