@@ -81,7 +81,7 @@ class CircuitBreaker:
     """A per-dependency circuit breaker (thread-safe and task-safe).
 
     Use it through :class:`otelres.Resilience` (retries, budget, fallback,
-    telemetry), as a decorator, with :meth:`call` / :meth:`acall`, or with the
+    telemetry), with :meth:`call` / :meth:`acall`, :meth:`attempt` (``with``), or with the
     lower-level :meth:`acquire` / :meth:`record` pair.
     """
 
