@@ -82,9 +82,11 @@ class Flow:
         "_key",
         "_previous_delay",
         "_retry_slot",
+        "_scopes",
         "_token",
         "args",
         "attempts",
+        "error",
         "kwargs",
         "no_retry",
         "outcome",
@@ -112,6 +114,8 @@ class Flow:
         self.started = -1.0  # the first attempt's start, set by admit()
         self._retry_slot = False
         self._key: Hashable | None = None
+        self.error: BaseException | None = None
+        self._scopes = _hooks.emit_call_start(res.breaker.name) if _hooks.call_listeners else None
         res.in_flight.append(None)  # the budget's calls in flight (atomic)
 
     # -- the steps -------------------------------------------------------------
@@ -135,6 +139,7 @@ class Flow:
             if _hooks.listeners:
                 _hooks.emit_rejected(breaker.name, error.retry_after)
             self.outcome = "rejected"  # stays so if the fallback raises
+            self.error = error
             if res.fallback is None or not self._fall_back(error):
                 self.rejection = error
             return False
@@ -205,10 +210,12 @@ class Flow:
         if self._retry_slot:
             self._end_retry()
         res.in_flight.pop()
-        if _hooks.listeners:
+        if self._scopes is not None:
             started = self.started
             duration = res.clock.monotonic() - started if started >= 0 else 0.0
-            _hooks.emit_call(res.breaker.name, self.outcome, duration, self.attempts)
+            _hooks.emit_call(
+                res.breaker.name, self.outcome, duration, self.attempts, self._scopes, self.error
+            )
 
     # -- decisions ----------------------------------------------------------------
 
@@ -281,6 +288,7 @@ class Flow:
 
         ``failed`` is the breaker's reading of ``exc``.
         """
+        self.error = exc
         if not isinstance(exc, Exception):
             self.outcome = "failure"
             return RERAISE
@@ -294,7 +302,8 @@ class Flow:
             return DONE
         if self.attempts > 1:
             if self.res.retry.wrap_exhausted:
-                raise RetryError(self.res.breaker.name, self.attempts, exc) from exc
+                self.error = RetryError(self.res.breaker.name, self.attempts, exc)
+                raise self.error from exc
             if sys.version_info >= (3, 11):
                 exc.add_note(f"otelres: {self.res.breaker.name}: gave up after {self.attempts} attempts")
         return RERAISE
@@ -309,6 +318,7 @@ class Flow:
                 res.discard(result)  # replaced by the fallback: release it (an HTTP response)
             return DONE
         if res.retry.wrap_exhausted and self.attempts > 1:
+            self.error = error
             raise error
         self.value = result
         return DONE
@@ -322,6 +332,7 @@ class Flow:
             return False
         self.value = value
         self.outcome = "fallback"
+        self.error = None
         return True
 
     def _cache_key(self) -> Hashable | None:

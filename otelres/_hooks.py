@@ -61,7 +61,27 @@ class Listener:
     Every method is called on the thread (or task) that caused the event, after
     the breaker's lock is released; it must be quick and must not raise (an
     exception is logged and dropped, never passed to the caller's call).
+
+    A listener with ``per_call = True`` also hears about every logical call
+    (:meth:`on_call_start`, :meth:`on_call`, :meth:`on_call_end`); while one is
+    registered, every call takes the full decision flow. Without one, a plain
+    success takes the drivers' fast path and reports nothing, which is what
+    keeps otelres's cost near zero when nobody measures it.
     """
+
+    #: Whether this listener needs to hear about every call, not only events.
+    per_call = False
+
+    def on_call_start(self, breaker: str) -> object:  # noqa: ARG002 - the interface
+        """A logical call begins (per-call listeners only); the return value comes
+        back as ``scope`` in :meth:`on_call_end` (a span, say).
+        """
+        return None
+
+    def on_call_end(self, breaker: str, scope: object, outcome: str, error: BaseException | None) -> None:
+        """A logical call ended (per-call listeners only), after :meth:`on_call`;
+        ``error`` is the exception it ended with, if any.
+        """
 
     def on_transition(self, transition: Transition) -> None:
         """A breaker changed state."""
@@ -76,26 +96,33 @@ class Listener:
         """A retry was due after ``attempt`` but ``reason`` forbade it (budget, deadline, …)."""
 
     def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:
-        """A logical call ended: ``outcome`` is success, failure, rejected or fallback."""
+        """A logical call ended (per-call listeners only): ``outcome`` is success,
+        failure, rejected or fallback.
+        """
 
 
+#: Every registered listener; replaced whole, never changed in place.
 listeners: list[Listener] = []
+#: The registered listeners with ``per_call = True``.
+call_listeners: list[Listener] = []
 _lock = threading.Lock()
 
 
 def add_listener(listener: Listener) -> None:
     """Register ``listener`` (once; adding it again does nothing)."""
-    global listeners  # noqa: PLW0603 - swapped whole so readers never see a list mid-change
+    global listeners, call_listeners  # noqa: PLW0603 - swapped whole so readers never see a list mid-change
     with _lock:
         if listener not in listeners:
             listeners = [*listeners, listener]
+            call_listeners = [x for x in listeners if x.per_call]
 
 
 def remove_listener(listener: Listener) -> None:
     """Unregister ``listener``; a listener not registered is ignored."""
-    global listeners  # noqa: PLW0603
+    global listeners, call_listeners  # noqa: PLW0603
     with _lock:
         listeners = [x for x in listeners if x is not listener]
+        call_listeners = [x for x in listeners if x.per_call]
 
 
 def _failed(method: str, exc: Exception) -> None:
@@ -138,10 +165,36 @@ def emit_retry_suppressed(breaker: str, attempt: int, reason: str) -> None:
             _failed("on_retry_suppressed", exc)
 
 
-def emit_call(breaker: str, outcome: str, duration: float, attempts: int) -> None:
-    """Tell every listener that a logical call ended."""
-    for listener in listeners:
+#: What :func:`emit_call_start` hands back: each per-call listener with its scope.
+Scopes = list[tuple[Listener, object]]
+
+
+def emit_call_start(breaker: str) -> Scopes:
+    """Tell every per-call listener that a call begins."""
+    scopes: Scopes = []
+    for listener in call_listeners:
+        try:
+            scopes.append((listener, listener.on_call_start(breaker)))
+        except Exception as exc:  # noqa: BLE001
+            _failed("on_call_start", exc)
+    return scopes
+
+
+def emit_call(
+    breaker: str,
+    outcome: str,
+    duration: float,
+    attempts: int,
+    scopes: Scopes,
+    error: BaseException | None,
+) -> None:
+    """Tell the per-call listeners that heard the start that the call ended:
+    ``on_call``, then ``on_call_end`` with the listener's scope, in reverse order
+    of the starts (scopes nest like context managers).
+    """
+    for listener, scope in reversed(scopes):
         try:
             listener.on_call(breaker, outcome, duration, attempts)
+            listener.on_call_end(breaker, scope, outcome, error)
         except Exception as exc:  # noqa: BLE001
             _failed("on_call", exc)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from . import _hooks
 from ._breaker import REJECTED, CircuitBreaker
 from ._budget import RetryBudget
-from ._errors import ConfigError
+from ._errors import CircuitOpenError, ConfigError
 from ._fallback import Fallback
 from ._flow import DONE, RERAISE, Flow, testing_state
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
@@ -147,12 +147,12 @@ class Resilience:
         must not be retried (``not_idempotent``, ``not_replayable``): a retry that
         would have been made is then counted as suppressed for that reason.
         """
-        if self.fast and not _hooks.listeners:
+        if self.fast and not _hooks.call_listeners:
             # The first attempt without a Flow: admission and a plain success are
             # two breaker calls. Anything else hands over to the flow below.
             token = self.acquire()
             if token == REJECTED:
-                raise self.breaker.rejection()
+                raise self._rejected()
             started = self.now()
             in_flight = self.in_flight
             in_flight.append(None)
@@ -169,6 +169,13 @@ class Resilience:
         if not self.enabled:
             return fn(*args, **kwargs)
         return self._retry(fn, args, kwargs, no_retry, REJECTED, 0.0, None)
+
+    def _rejected(self) -> CircuitOpenError:
+        """The error of a call the fast path saw rejected (reported to event listeners)."""
+        error = self.breaker.rejection()
+        if _hooks.listeners:
+            _hooks.emit_rejected(self.breaker.name, error.retry_after)
+        return error
 
     def _retry(
         self,
@@ -221,10 +228,10 @@ class Resilience:
         no_retry: str | None = None,
     ) -> _T:
         """The async :meth:`call_with`."""
-        if self.fast and not _hooks.listeners:
+        if self.fast and not _hooks.call_listeners:
             token = self.acquire()
             if token == REJECTED:
-                raise self.breaker.rejection()
+                raise self._rejected()
             started = self.now()
             in_flight = self.in_flight
             in_flight.append(None)

@@ -115,7 +115,12 @@ class Event:
 
 
 class CapturedEvents(Listener):
-    """The events reported while :func:`capture_events` was active, in order."""
+    """The events reported while :func:`capture_events` was active, in order.
+
+    It listens per call, so every call takes the full flow while it is active.
+    """
+
+    per_call = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

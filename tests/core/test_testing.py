@@ -325,7 +325,9 @@ def test_capture_events_nests_independently(clock: FakeClock) -> None:
 
 
 class Raising(otelres.Listener):
-    """A listener whose every method raises."""
+    """A per-call listener whose every event method raises."""
+
+    per_call = True
 
     def __init__(self) -> None:
         self.calls = 0
