@@ -14,6 +14,7 @@ from ._deadline import deadline, time_left
 from ._errors import CircuitOpenError, ConfigError, OtelresError, RetryError
 from ._fallback import Fallback
 from ._hooks import Listener, State, Transition, add_listener, remove_listener
+from ._instrument import instrument, uninstrument
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
 from ._registry import Registry, default_registry
 from ._resilience import Attempt, Resilience, resilient
@@ -44,11 +45,13 @@ __all__ = [
     "configure",
     "deadline",
     "default_registry",
+    "instrument",
     "load_settings",
     "parse_retry_after",
     "remove_listener",
     "resilient",
     "time_left",
+    "uninstrument",
 ]
 
 __version__ = "0.1.0"

@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import math
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _hooks
@@ -44,6 +45,9 @@ _T = TypeVar("_T")
 
 #: The token :meth:`CircuitBreaker.acquire` returns for a rejected call.
 REJECTED = -1
+
+#: Every breaker alive in the process (the state gauge reads them; no strong refs).
+LIVE: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 
 _CLOSED = State.CLOSED
 _OPEN = State.OPEN
@@ -120,6 +124,7 @@ class CircuitBreaker:
     ) -> None:
         self.name = name
         self.policy = policy if policy is not None else BreakerPolicy()
+        LIVE.add(self)
         # A count window of N calls can never see more than N: like
         # resilience4j, the minimum is capped at the window's size.
         self._minimum_calls = min(

@@ -229,6 +229,8 @@ class Flow:
         if cap is not None and cap < attempts:
             attempts = cap
         if self.attempts >= attempts:
+            if attempts > 1 and _hooks.listeners:
+                _hooks.emit_exhausted(name, self.attempts, policy.reason(exc, result))
             return None
         if self.no_retry is not None:
             return self._suppress(self.no_retry)

@@ -78,7 +78,9 @@ class Listener:
         """
         return None
 
-    def on_call_end(self, breaker: str, scope: object, outcome: str, error: BaseException | None) -> None:
+    def on_call_end(
+        self, breaker: str, scope: object, outcome: str, attempts: int, error: BaseException | None
+    ) -> None:
         """A logical call ended (per-call listeners only), after :meth:`on_call`;
         ``error`` is the exception it ended with, if any.
         """
@@ -94,6 +96,9 @@ class Listener:
 
     def on_retry_suppressed(self, breaker: str, attempt: int, reason: str) -> None:
         """A retry was due after ``attempt`` but ``reason`` forbade it (budget, deadline, …)."""
+
+    def on_exhausted(self, breaker: str, attempts: int, reason: str) -> None:
+        """A call used all its ``attempts`` (more than one) and the last failed for ``reason``."""
 
     def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:
         """A logical call ended (per-call listeners only): ``outcome`` is success,
@@ -195,6 +200,15 @@ def emit_call(
     for listener, scope in reversed(scopes):
         try:
             listener.on_call(breaker, outcome, duration, attempts)
-            listener.on_call_end(breaker, scope, outcome, error)
+            listener.on_call_end(breaker, scope, outcome, attempts, error)
         except Exception as exc:  # noqa: BLE001
             _failed("on_call", exc)
+
+
+def emit_exhausted(breaker: str, attempts: int, reason: str) -> None:
+    """Tell every listener that a call ran out of attempts."""
+    for listener in listeners:
+        try:
+            listener.on_exhausted(breaker, attempts, reason)
+        except Exception as exc:  # noqa: BLE001
+            _failed("on_exhausted", exc)

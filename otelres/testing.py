@@ -152,6 +152,9 @@ class CapturedEvents(Listener):
     def on_retry_suppressed(self, breaker: str, attempt: int, reason: str) -> None:  # noqa: D102
         self._add("retry_suppressed", breaker, attempt=attempt, reason=reason)
 
+    def on_exhausted(self, breaker: str, attempts: int, reason: str) -> None:  # noqa: D102
+        self._add("exhausted", breaker, attempts=attempts, reason=reason)
+
     def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:  # noqa: D102
         self._add("call", breaker, outcome=outcome, duration=duration, attempts=attempts)
 

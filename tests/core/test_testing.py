@@ -274,7 +274,7 @@ def test_capture_events_records_in_order(clock: FakeClock) -> None:
     res = otelres.Resilience("dep", clock=clock, retry=otelres.RetryPolicy(jitter="none"))
     with capture_events() as events, pytest.raises(ConnectionError):
         res.call(failing, [])
-    assert [e.kind for e in events.events] == ["retry", "retry", "call"]
+    assert [e.kind for e in events.events] == ["retry", "retry", "exhausted", "call"]
     assert all(e.breaker == "dep" for e in events.events)
     assert [e.fields["attempt"] for e in events.of("retry")] == [1, 2]
 

@@ -1,0 +1,110 @@
+"""Setting up the OpenTelemetry SDK from the standard ``OTEL_*`` variables, when
+the application has not set up its own providers.
+
+The work is the SDK's own (``opentelemetry.sdk._configuration``: exporter
+entry points, ``_init_tracing``, ``_init_metrics``); otelres only decides which
+exporters the variables ask for, with two differences from a bare SDK set-up:
+
+- nothing is exported unless something asks for it: an exporter variable, or
+  ``OTEL_EXPORTER_OTLP_ENDPOINT`` (which then means OTLP), so that no service
+  starts sending OTLP to localhost by surprise;
+- ``otlp`` without a protocol means ``http/protobuf``, the specification's
+  default, so that the gRPC exporter is not needed.
+
+An application's own providers are always kept.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Literal
+
+from opentelemetry import metrics, trace
+
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["configure_sdk", "exporter_names", "has_meter_provider", "has_tracer_provider"]
+
+Signal = Literal["traces", "metrics"]
+_PROTOCOLS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
+
+
+def exporter_names(signal: Signal, env: Mapping[str, str]) -> list[str]:
+    """The exporter entry-point names the environment asks for, for one signal."""
+    var = f"OTEL_{signal.upper()}_EXPORTER"
+    raw = env.get(var)
+    if raw is None:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
+            f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+        )
+        raw = "otlp" if endpoint else "none"
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    if not names or names == ["none"]:
+        return []
+    result = []
+    for name in names:
+        if name == "none":
+            raise ConfigError(var, raw, "'none' alone, or a list of exporters")
+        if name == "otlp":
+            protocol = (
+                env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "http/protobuf"
+            ).strip()
+            if protocol not in _PROTOCOLS:
+                raise ConfigError("OTEL_EXPORTER_OTLP_PROTOCOL", protocol, "http/protobuf | grpc")
+            name = _PROTOCOLS[protocol]  # noqa: PLW2901 - the entry point the name stands for
+        result.append(name)
+    return result
+
+
+def has_tracer_provider() -> bool:
+    """Whether a real (not the API's proxy or no-op) TracerProvider is installed."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+def has_meter_provider() -> bool:
+    """Whether a real (not the API's proxy or no-op) MeterProvider is installed."""
+    provider = metrics.get_meter_provider()
+    # The API's proxy class is private: compared by name.
+    return (
+        not isinstance(provider, metrics.NoOpMeterProvider)
+        and type(provider).__name__ != "_ProxyMeterProvider"
+    )
+
+
+def configure_sdk(env: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """Install SDK providers for the signals the environment asks for and the
+    application has not set up; returns the exporters installed per signal.
+    """
+    env = os.environ if env is None else env
+    wanted: dict[Signal, list[str]] = {
+        "traces": [] if has_tracer_provider() else exporter_names("traces", env),
+        "metrics": [] if has_meter_provider() else exporter_names("metrics", env),
+    }
+    if not wanted["traces"] and not wanted["metrics"]:
+        return {"traces": [], "metrics": []}
+    # The SDK's own configuration code, imported only when there is work for it.
+    from opentelemetry.sdk._configuration import (  # noqa: PLC0415
+        _import_exporters,
+        _init_metrics,
+        _init_tracing,
+    )
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+
+    try:
+        span_exporters, metric_exporters, _ = _import_exporters(wanted["traces"], wanted["metrics"], [])
+    except RuntimeError as exc:
+        signal = "TRACES" if any(n in str(exc) for n in wanted["traces"]) else "METRICS"
+        hint = " (pip install opentelemetry-exporter-otlp-proto-grpc)" if "grpc" in str(exc) else ""
+        raise ConfigError(f"OTEL_{signal}_EXPORTER", str(exc), f"an installed exporter{hint}") from None
+    resource = Resource.create()
+    if span_exporters:
+        _init_tracing(exporters=span_exporters, resource=resource)
+    if metric_exporters:
+        _init_metrics(exporters_or_readers=metric_exporters, resource=resource)
+    return {"traces": list(span_exporters), "metrics": list(metric_exporters)}

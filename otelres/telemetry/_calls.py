@@ -1,0 +1,207 @@
+"""Spans and metrics for every logical call: a per-call listener.
+
+One INTERNAL span per call, current while its attempts run (so the attempts'
+CLIENT spans are its children), carrying the retry, transition and rejection
+events; status ERROR with the exception recorded once when the call fails.
+Metrics follow DESIGN.md's table. Counts that the semantics allow are kept
+locally and reported by observable instruments at collection time; what must be
+a distribution (durations, delays) is recorded, with attribute sets built once
+per (breaker, label) and reused.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, cast
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from otelres._breaker import LIVE
+from otelres._hooks import Listener, Transition
+
+from . import names
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from contextvars import Token
+
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+__all__ = ["CallTelemetry"]
+
+_VERSION = "0.1.0"
+_FAILED = ("failure", "rejected")
+
+
+class CallTelemetry(Listener):
+    """Spans (when tracing is on) and metrics (when metrics are on) for every call."""
+
+    per_call = True
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        *,
+        tracing: bool = True,
+        metering: bool = True,
+    ) -> None:
+        self._tracer = trace.get_tracer(names.METER_NAME, _VERSION, tracer_provider) if tracing else None
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[str, str], int] = {}
+        self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
+        self._metering = metering
+        if metering:
+            meter = metrics.get_meter(names.METER_NAME, _VERSION, meter_provider)
+            self._duration = meter.create_histogram(
+                names.CALL_DURATION, unit="s", description="Duration of logical calls, retries included."
+            )
+            self._retries = meter.create_counter(
+                names.RETRIES, unit="{retry}", description="Retries scheduled, by reason."
+            )
+            self._suppressed = meter.create_counter(
+                names.RETRIES_SUPPRESSED, unit="{retry}", description="Retries due but not made, by reason."
+            )
+            self._transitions = meter.create_counter(
+                names.CIRCUIT_TRANSITIONS,
+                unit="{transition}",
+                description="Circuit breaker state transitions.",
+            )
+            self._delay = meter.create_histogram(
+                names.RETRY_DELAY, unit="s", description="Delay scheduled before each retry."
+            )
+            meter.create_observable_counter(
+                names.CALLS, [self._observe_calls], unit="{call}", description="Logical calls, by outcome."
+            )
+            meter.create_observable_gauge(
+                names.CIRCUIT_STATE,
+                [self._observe_states],
+                unit="1",
+                description="1 for each breaker's current state, 0 for the others.",
+            )
+
+    # -- attribute sets, built once --------------------------------------------------------
+
+    def _attributes(self, breaker: str, key: str, value: str) -> dict[str, str]:
+        found = self._attrs.get((breaker, key, value))
+        if found is None:
+            found = {names.ATTR_BREAKER: breaker, key: value}
+            self._attrs[(breaker, key, value)] = found
+        return found
+
+    # -- observable callbacks ------------------------------------------------------------------
+
+    def _observe_calls(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            counts = list(self._calls.items())
+        return [
+            metrics.Observation(count, self._attributes(breaker, names.ATTR_OUTCOME, outcome))
+            for (breaker, outcome), count in counts
+        ]
+
+    def _observe_states(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for breaker in list(LIVE):
+            current = breaker.state.value
+            for state in names.STATES:
+                attributes = {names.ATTR_BREAKER: breaker.name, names.ATTR_STATE: state}
+                observations.append(metrics.Observation(1 if state == current else 0, attributes))
+        return observations
+
+    # -- the call ---------------------------------------------------------------------------------
+
+    def on_call_start(self, breaker: str) -> object:
+        """Start the call's span and make it current (None when tracing is off or suppressed)."""
+        tracer = self._tracer
+        if tracer is None or not is_instrumentation_enabled():
+            return None
+        span = tracer.start_span(
+            f"otelres {breaker}", kind=SpanKind.INTERNAL, attributes={names.ATTR_BREAKER: breaker}
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return span, token
+
+    def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:
+        """Count the call and record its duration."""
+        if not self._metering:
+            return
+        key = (breaker, outcome)
+        with self._lock:
+            self._calls[key] = self._calls.get(key, 0) + 1
+        self._duration.record(duration, self._attributes(breaker, names.ATTR_OUTCOME, outcome))
+
+    def on_call_end(
+        self, breaker: str, scope: object, outcome: str, attempts: int, error: BaseException | None
+    ) -> None:
+        """End the call's span: outcome, attempts, status, the exception once."""
+        if scope is None:
+            return
+        span, token = cast("tuple[trace.Span, Token[Context]]", scope)  # what on_call_start returned
+        try:
+            span.set_attribute(names.ATTR_OUTCOME, outcome)
+            span.set_attribute(names.ATTR_ATTEMPTS, attempts)
+            if outcome in _FAILED:
+                if error is not None:
+                    span.record_exception(error)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                else:
+                    span.set_status(Status(StatusCode.ERROR, "the last attempt's result was a failure"))
+            span.end()
+        finally:
+            otel_context.detach(token)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def on_retry(self, breaker: str, attempt: int, delay: float, reason: str) -> None:
+        """Count the retry, record its delay, and add the event to the call's span."""
+        if self._metering:
+            attributes = self._attributes(breaker, names.ATTR_RETRY_REASON, reason)
+            self._retries.add(1, attributes)
+            self._delay.record(delay, attributes)
+        _event(
+            names.EVENT_RETRY,
+            {names.ATTR_ATTEMPT: attempt, names.ATTR_RETRY_DELAY: delay, names.ATTR_RETRY_REASON: reason},
+        )
+
+    def on_retry_suppressed(self, breaker: str, attempt: int, reason: str) -> None:
+        """Count the retry that was not made."""
+        if self._metering:
+            self._suppressed.add(1, self._attributes(breaker, names.ATTR_RETRY_REASON, reason))
+
+    def on_transition(self, transition: Transition) -> None:
+        """Count the transition and add it to the span that caused it."""
+        from_state, to_state = transition.from_state.value, transition.to_state.value
+        if self._metering:
+            key = (transition.breaker, from_state, to_state)
+            attributes = self._attrs.get(key)
+            if attributes is None:
+                attributes = {
+                    names.ATTR_BREAKER: transition.breaker,
+                    names.ATTR_FROM_STATE: from_state,
+                    names.ATTR_TO_STATE: to_state,
+                }
+                self._attrs[key] = attributes
+            self._transitions.add(1, attributes)
+        _event(
+            names.EVENT_CIRCUIT_TRANSITION,
+            {
+                names.ATTR_FROM_STATE: from_state,
+                names.ATTR_TO_STATE: to_state,
+                names.ATTR_FAILURE_RATE: transition.failure_rate,
+            },
+        )
+
+    def on_rejected(self, breaker: str, retry_after: float) -> None:
+        """Add the rejection to the call's span."""
+        _event(names.EVENT_CIRCUIT_REJECTED, {names.ATTR_RETRY_AFTER: retry_after})
+
+
+def _event(name: str, attributes: dict[str, Any]) -> None:
+    """Add an event to the current span when it records (the call's span, in a call)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(name, attributes)

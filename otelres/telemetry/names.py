@@ -1,0 +1,105 @@
+"""Every telemetry name otelres emits, in one place.
+
+DESIGN.md fixes these: dashboards, alert rules and users' queries depend on
+them, and the dashboard generator imports this module so that a query cannot
+drift from the code. Change one only together with all of those.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ATTR_ATTEMPT",
+    "ATTR_ATTEMPTS",
+    "ATTR_BREAKER",
+    "ATTR_FAILURE_RATE",
+    "ATTR_FROM_STATE",
+    "ATTR_OUTCOME",
+    "ATTR_RETRY_AFTER",
+    "ATTR_RETRY_DELAY",
+    "ATTR_RETRY_REASON",
+    "ATTR_STATE",
+    "ATTR_TO_STATE",
+    "CALLS",
+    "CALL_DURATION",
+    "CIRCUIT_STATE",
+    "CIRCUIT_TRANSITIONS",
+    "EVENT_CIRCUIT_REJECTED",
+    "EVENT_CIRCUIT_TRANSITION",
+    "EVENT_RETRY",
+    "LOG_CALL_REJECTED",
+    "LOG_CIRCUIT_TRANSITION",
+    "LOG_RETRY",
+    "LOG_RETRY_EXHAUSTED",
+    "LOG_RETRY_SUPPRESSED",
+    "METER_NAME",
+    "OUTCOMES",
+    "PROMETHEUS",
+    "RETRIES",
+    "RETRIES_SUPPRESSED",
+    "RETRY_DELAY",
+    "STATES",
+    "SUPPRESSED_REASONS",
+]
+
+#: The instrumentation scope of every tracer and meter otelres uses.
+METER_NAME: Final = "otelres"
+
+# -- metric instruments (OpenTelemetry names) ---------------------------------------
+CALLS: Final = "otelres.calls"
+CALL_DURATION: Final = "otelres.call.duration"
+RETRIES: Final = "otelres.retries"
+RETRIES_SUPPRESSED: Final = "otelres.retries.suppressed"
+CIRCUIT_STATE: Final = "otelres.circuit.state"
+CIRCUIT_TRANSITIONS: Final = "otelres.circuit.transitions"
+#: Beyond DESIGN.md's six: the delay actually scheduled before each retry.
+RETRY_DELAY: Final = "otelres.retry.delay"
+
+#: The series the standard OpenTelemetry Prometheus exporter makes of them.
+PROMETHEUS: Final = {
+    CALLS: "otelres_calls_total",
+    CALL_DURATION: "otelres_call_duration_seconds",  # _bucket, _sum, _count
+    RETRIES: "otelres_retries_total",
+    RETRIES_SUPPRESSED: "otelres_retries_suppressed_total",
+    CIRCUIT_STATE: "otelres_circuit_state",
+    CIRCUIT_TRANSITIONS: "otelres_circuit_transitions_total",
+    RETRY_DELAY: "otelres_retry_delay_seconds",  # _bucket, _sum, _count
+}
+
+# -- attributes -------------------------------------------------------------------------
+ATTR_BREAKER: Final = "otelres.breaker"
+ATTR_OUTCOME: Final = "otelres.outcome"
+ATTR_RETRY_REASON: Final = "otelres.retry.reason"
+ATTR_STATE: Final = "otelres.state"
+ATTR_FROM_STATE: Final = "otelres.from_state"
+ATTR_TO_STATE: Final = "otelres.to_state"
+ATTR_ATTEMPT: Final = "otelres.attempt"
+ATTR_ATTEMPTS: Final = "otelres.attempts"
+ATTR_RETRY_DELAY: Final = "otelres.retry.delay"
+ATTR_FAILURE_RATE: Final = "otelres.failure_rate"
+ATTR_RETRY_AFTER: Final = "otelres.retry_after"
+
+#: The closed sets attribute values come from (bounded cardinality).
+OUTCOMES: Final = ("success", "failure", "rejected", "fallback")
+STATES: Final = ("closed", "open", "half_open", "forced_open", "disabled")
+SUPPRESSED_REASONS: Final = (
+    "budget",
+    "deadline",
+    "not_idempotent",
+    "not_replayable",
+    "circuit_open",
+    "retry_after",
+)
+
+# -- span events ------------------------------------------------------------------------
+EVENT_RETRY: Final = "otelres.retry"
+EVENT_CIRCUIT_TRANSITION: Final = "otelres.circuit.transition"
+EVENT_CIRCUIT_REJECTED: Final = "otelres.circuit.rejected"
+
+# -- structlog events --------------------------------------------------------------------
+LOG_RETRY: Final = "otelres.retry"
+LOG_RETRY_SUPPRESSED: Final = "otelres.retry.suppressed"
+LOG_RETRY_EXHAUSTED: Final = "otelres.retry.exhausted"
+LOG_CIRCUIT_TRANSITION: Final = "otelres.circuit.transition"
+LOG_CALL_REJECTED: Final = "otelres.call.rejected"
