@@ -13,6 +13,7 @@ from ._config import Settings, configure, load_settings
 from ._deadline import deadline, time_left
 from ._errors import CircuitOpenError, ConfigError, OtelresError, RetryError
 from ._fallback import Fallback
+from ._flow import current_attempt
 from ._hooks import Listener, State, Transition, add_listener, remove_listener
 from ._instrument import instrument, uninstrument
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
@@ -43,6 +44,7 @@ __all__ = [
     "add_listener",
     "backoff_delay",
     "configure",
+    "current_attempt",
     "deadline",
     "default_registry",
     "instrument",

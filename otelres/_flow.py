@@ -24,6 +24,7 @@ The protocol a driver follows::
 
 from __future__ import annotations
 
+import contextvars
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from ._resilience import Resilience
 
-__all__ = ["DONE", "RERAISE", "Flow", "testing_state"]
+__all__ = ["DONE", "RERAISE", "Flow", "current_attempt", "testing_state"]
 
 
 class _Step:
@@ -57,6 +58,18 @@ class _Step:
 DONE: Final = _Step("DONE")
 #: The call is over; the driver re-raises the exception it is handling.
 RERAISE: Final = _Step("RERAISE")
+
+
+_ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("otelres_attempt", default=1)
+
+
+def current_attempt() -> int:
+    """The number of the attempt running now (1 outside a retried call).
+
+    An integration that marks its CLIENT spans sets ``http.request.resend_count``
+    to ``current_attempt() - 1`` when that is above 0.
+    """
+    return _ATTEMPT.get()
 
 
 class _TestingState:
@@ -79,6 +92,7 @@ class Flow:
 
     __slots__ = (
         "_attempt_started",
+        "_attempt_token",
         "_key",
         "_previous_delay",
         "_retry_slot",
@@ -115,6 +129,7 @@ class Flow:
         self._retry_slot = False
         self._key: Hashable | None = None
         self.error: BaseException | None = None
+        self._attempt_token: contextvars.Token[int] | None = None
         self._scopes = _hooks.emit_call_start(res.breaker.name) if _hooks.call_listeners else None
         res.in_flight.append(None)  # the budget's calls in flight (atomic)
 
@@ -149,6 +164,12 @@ class Flow:
             self.started = now
             self._previous_delay = 0.0
         self.attempts += 1
+        if self.attempts > 1:
+            # The attempt number for whoever marks the attempt's CLIENT span
+            # (http.request.resend_count); reset to the caller's at close().
+            token = _ATTEMPT.set(self.attempts)
+            if self._attempt_token is None:
+                self._attempt_token = token
         return True
 
     def resume(self, token: int, started: float, exc: BaseException) -> object:
@@ -209,6 +230,8 @@ class Flow:
         res = self.res
         if self._retry_slot:
             self._end_retry()
+        if self._attempt_token is not None:
+            _ATTEMPT.reset(self._attempt_token)
         res.in_flight.pop()
         if self._scopes is not None:
             started = self.started

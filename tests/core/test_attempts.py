@@ -136,3 +136,38 @@ def test_async_block_rejection_and_disabled(clock: FakeClock) -> None:
         return runs
 
     assert asyncio.run(once()) == 1
+
+
+def test_current_attempt_numbers_each_attempt_and_resets(clock: FakeClock) -> None:
+    """current_attempt() is 1, 2, 3 inside successive attempts and 1 again after the call."""
+    res = policy(clock)
+    seen = []
+
+    def flaky() -> str:
+        seen.append(otelres.current_attempt())
+        if len(seen) < 3:
+            raise ConnectionError
+        return "ok"
+
+    assert res.call(flaky) == "ok"
+    assert seen == [1, 2, 3]
+    assert otelres.current_attempt() == 1
+
+
+def test_current_attempt_in_async_calls(clock: FakeClock) -> None:
+    """Each async attempt sees its own number, and the task's value is restored afterwards."""
+    res = policy(clock)
+    seen = []
+
+    async def flaky() -> str:
+        seen.append(otelres.current_attempt())
+        if len(seen) < 2:
+            raise ConnectionError
+        return "ok"
+
+    async def main() -> int:
+        await res.acall(flaky)
+        return otelres.current_attempt()
+
+    assert asyncio.run(main()) == 1
+    assert seen == [1, 2]
