@@ -167,9 +167,9 @@ class Flow:
         if self.attempts > 1:
             # The attempt number for whoever marks the attempt's CLIENT span
             # (http.request.resend_count); reset to the caller's at close().
-            token = _ATTEMPT.set(self.attempts)
+            reset = _ATTEMPT.set(self.attempts)
             if self._attempt_token is None:
-                self._attempt_token = token
+                self._attempt_token = reset
         return True
 
     def resume(self, token: int, started: float, exc: BaseException) -> object:
