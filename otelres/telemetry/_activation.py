@@ -11,18 +11,16 @@ providers after :func:`enable` is noticed: the API's ``set_tracer_provider`` and
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
 import wrapt
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.utils import unwrap
 
 from otelres import _hooks
 from otelres._sdk import has_meter_provider, has_tracer_provider
 
 from ._calls import CallTelemetry
 from ._logs import LogEvents
-
-if TYPE_CHECKING:
-    from opentelemetry import metrics, trace
 
 __all__ = ["active", "disable", "enable"]
 
@@ -71,6 +69,7 @@ def disable() -> None:
             _hooks.remove_listener(_calls)
             _calls = None
         _calls_for = (False, False)
+        _unwatch_providers()
 
 
 def active() -> dict[str, bool]:
@@ -119,3 +118,13 @@ def _watch_providers() -> None:
 
     wrapt.wrap_function_wrapper("opentelemetry.trace", "set_tracer_provider", after)
     wrapt.wrap_function_wrapper("opentelemetry.metrics", "set_meter_provider", after)
+
+
+def _unwatch_providers() -> None:
+    """Undo :func:`_watch_providers` (the API's setters come back as they were)."""
+    global _watching  # noqa: PLW0603
+    if not _watching:
+        return
+    _watching = False
+    unwrap(trace, "set_tracer_provider")
+    unwrap(metrics, "set_meter_provider")
