@@ -26,7 +26,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
-from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
+from ._policy import BreakerPolicy, BudgetPolicy, HttpPolicy, RetryPolicy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,6 +90,8 @@ KEYS: dict[str, Key] = {
         Key("budget.ratio", "float"),
         Key("budget.min_retries", "int"),
         Key("budget.enabled", "bool"),
+        Key("http.retry_500", "bool"),
+        Key("http.retry_unsafe", "bool"),
     )
 }
 _TARGET_KEYS = frozenset(k for k in KEYS if k != "max_breakers")
@@ -102,7 +104,7 @@ DEFAULT_MAX_BREAKERS = 256
 _PAIRS = {"retry.max_delay": "retry.base_delay", "breaker.max_open_seconds": "breaker.open_seconds"}
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_SECTIONS = ("retry", "breaker", "budget")
+_SECTIONS = ("retry", "breaker", "budget", "http")
 
 #: One layer of configuration: dotted key -> (value, where it came from).
 _Layer = dict[str, tuple[object, str]]
@@ -151,6 +153,7 @@ class Target:
     retry: RetryPolicy
     breaker: BreakerPolicy
     budget: BudgetPolicy
+    http: HttpPolicy = dataclasses.field(default_factory=HttpPolicy)
 
 
 def _unknown(where: str, key: str, known: Iterable[str]) -> ConfigError:
@@ -184,6 +187,7 @@ def _build(layer: _Layer, base: Target) -> Target:
             base.retry.evolve(**sections["retry"]),
             base.breaker.evolve(**sections["breaker"]),
             base.budget.evolve(**sections["budget"]),
+            base.http.evolve(**sections["http"]),
         )
     except ConfigError as exc:
         raise _blame(exc, layer) from None
@@ -336,6 +340,7 @@ def load_settings(
         retry=_policy_or_default("retry", policies, RetryPolicy),
         breaker=_policy_or_default("breaker", policies, BreakerPolicy),
         budget=_policy_or_default("budget", policies, BudgetPolicy),
+        http=_policy_or_default("http", policies, HttpPolicy),
     )
     default = _build(layer, base)
     targets: dict[str, Target] = {}

@@ -21,6 +21,7 @@ __all__ = [
     "BreakerPolicy",
     "BudgetPolicy",
     "ExceptionMatcher",
+    "HttpPolicy",
     "RetryPolicy",
     "as_exception_predicate",
 ]
@@ -281,3 +282,21 @@ class BudgetPolicy(_Evolve):
         _check_number("budget.min_retries", self.min_retries, low=0, high=1_000_000, integer=True)
         if not isinstance(self.enabled, bool):
             raise ConfigError("budget.enabled", self.enabled, "true | false")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpPolicy(_Evolve):
+    """What the HTTP integrations may retry beyond their defaults.
+
+    ``retry_500``: also retry a 500 response (off by default: a 500 is more
+    often a bug than a blip). ``retry_unsafe``: retry POST and PATCH too, for a
+    server known to deduplicate them.
+    """
+
+    retry_500: bool = False
+    retry_unsafe: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("retry_500", "retry_unsafe"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"http.{key}", getattr(self, key), "true | false")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _config
 from ._breaker import CircuitBreaker
@@ -53,8 +53,12 @@ class Registry:
         settings = self._settings
         return settings if isinstance(settings, Settings) else settings()
 
-    def entry(self, name: str) -> tuple[CircuitBreaker, RetryBudget]:
-        """The breaker and budget for ``name``, created on first use."""
+    def entry(self, name: str, **breaker_changes: Any) -> tuple[CircuitBreaker, RetryBudget]:
+        """The breaker and budget for ``name``, created on first use.
+
+        ``breaker_changes`` adjust the configured breaker policy when the
+        breaker is created (an integration's failure predicates, say).
+        """
         found = self._entries.get(name)
         if found is not None:
             return found
@@ -64,17 +68,21 @@ class Registry:
                 return found
             settings = self.settings
             if len(self._entries) >= settings.max_breakers:
-                return self._overflow(name, settings)
+                return self._overflow(name, settings, breaker_changes)
             target = settings.for_target(name)
-            found = (CircuitBreaker(name, target.breaker, clock=self._clock), RetryBudget(target.budget))
+            policy = target.breaker.evolve(**breaker_changes) if breaker_changes else target.breaker
+            found = (CircuitBreaker(name, policy, clock=self._clock), RetryBudget(target.budget))
             self._entries[name] = found
             return found
 
-    def _overflow(self, name: str, settings: Settings) -> tuple[CircuitBreaker, RetryBudget]:
+    def _overflow(
+        self, name: str, settings: Settings, breaker_changes: dict[str, Any]
+    ) -> tuple[CircuitBreaker, RetryBudget]:
         found = self._entries.get(OVERFLOW)
         if found is None:
             target = settings.default
-            found = (CircuitBreaker(OVERFLOW, target.breaker, clock=self._clock), RetryBudget(target.budget))
+            policy = target.breaker.evolve(**breaker_changes) if breaker_changes else target.breaker
+            found = (CircuitBreaker(OVERFLOW, policy, clock=self._clock), RetryBudget(target.budget))
             # Stored beyond the cap on purpose: it is the one entry the cap allows extra.
             self._entries[OVERFLOW] = found
         if not self._warned:

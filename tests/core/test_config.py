@@ -38,6 +38,8 @@ VALID: dict[str, tuple[str, object]] = {
     "budget.ratio": ("0.5", 0.5),
     "budget.min_retries": ("10", 10),
     "budget.enabled": ("false", False),
+    "http.retry_500": ("true", True),
+    "http.retry_unsafe": ("TRUE", True),
 }
 
 # (key, env text, err.value, err.allowed): at least one unparseable and one out-of-range value per key.
@@ -89,6 +91,8 @@ BAD_ENV: list[tuple[str, str, object, str]] = [
     ("budget.min_retries", "-1", -1, "an integer >= 0 and <= 1000000"),
     ("budget.enabled", "on", "on", "true | false"),
     ("budget.enabled", "0", "0", "true | false"),
+    ("http.retry_500", "yes", "yes", "true | false"),
+    ("http.retry_unsafe", "1", "1", "true | false"),
 ]
 
 

@@ -1,0 +1,6 @@
+"""The client-library integrations: one module per patched library.
+
+Each module holds an OpenTelemetry ``BaseInstrumentor`` (registered under the
+``opentelemetry_instrumentor`` entry point group), imports its library lazily,
+and patches with wrapt so that ``uninstrument()`` restores the originals.
+"""
