@@ -1,22 +1,56 @@
 """``otelres.instrument()``: the one line at start-up.
 
 It loads the settings (code overrides, ``OTELRES_*``, the TOML file), sets up
-the OpenTelemetry SDK from ``OTEL_*`` when the application has not, and turns
-on otelres's telemetry. Idempotent; :func:`uninstrument` undoes what it did
-(an SDK provider, once installed, stays: OpenTelemetry allows no second one).
+the OpenTelemetry SDK from ``OTEL_*`` when the application has not, turns on
+otelres's telemetry, and patches every supported client library that is
+installed, enabling OpenTelemetry's own instrumentation of it (for the
+attempts' CLIENT spans) when that is installed and not already on.
+Idempotent; :func:`uninstrument` undoes every patch it made.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import logging
+import os
 import threading
+from typing import Any
 
 from . import _config
 from ._sdk import configure_sdk
 
-__all__ = ["instrument", "uninstrument"]
+__all__ = ["INTEGRATIONS", "instrument", "uninstrument"]
+
+_log = logging.getLogger("otelres")
+
+#: entry-point name -> (the library, otelres's instrumentor, OpenTelemetry's instrumentor)
+INTEGRATIONS: dict[str, tuple[str, str, str]] = {
+    "otelres_requests": (
+        "requests",
+        "otelres.instrumentation.requests:RequestsInstrumentor",
+        "opentelemetry.instrumentation.requests:RequestsInstrumentor",
+    ),
+    "otelres_httpx": (
+        "httpx",
+        "otelres.instrumentation.httpx:HttpxInstrumentor",
+        "opentelemetry.instrumentation.httpx:HTTPXClientInstrumentor",
+    ),
+}
 
 _lock = threading.Lock()
 _instrumented = False
+_patched: list[Any] = []
+
+
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _disabled() -> set[str]:
+    raw = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    return {name.strip() for name in raw.split(",") if name.strip()}
 
 
 def instrument(**overrides: object) -> None:
@@ -37,7 +71,29 @@ def instrument(**overrides: object) -> None:
         from . import telemetry  # noqa: PLC0415 - OpenTelemetry loads only when asked for
 
         telemetry.enable()
+        disabled = _disabled()
+        for entry, (library, ours, theirs) in INTEGRATIONS.items():
+            if entry in disabled or importlib.util.find_spec(library) is None:
+                _log.debug(
+                    "otelres: %s not patched (%s)", library, "disabled" if entry in disabled else "absent"
+                )
+                continue
+            instrumentor = _load(ours)()
+            instrumentor.instrument(skip_dep_check=True)
+            _patched.append(instrumentor)
+            _enable_opentelemetry(theirs)
         _instrumented = True
+
+
+def _enable_opentelemetry(path: str) -> None:
+    """Turn on OpenTelemetry's own instrumentation of a library, if installed and off."""
+    try:
+        instrumentor = _load(path)()
+    except ImportError:
+        return
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+        _patched.append(instrumentor)
 
 
 def uninstrument() -> None:
@@ -46,6 +102,8 @@ def uninstrument() -> None:
     with _lock:
         if not _instrumented:
             return
+        while _patched:
+            _patched.pop().uninstrument()
         from . import telemetry  # noqa: PLC0415
 
         telemetry.disable()

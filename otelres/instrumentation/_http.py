@@ -128,6 +128,18 @@ class HttpTargets:
                     self._targets[name] = found
             return found
 
+    def plan(
+        self, url: str, method: str, headers: Mapping[str, str] | None, replayable: bool
+    ) -> tuple[Resilience, str | None] | None:
+        """The Resilience of a request's destination and why it must not be
+        retried (None: it may be); None for a URL that is not HTTP(S).
+        """
+        name = breaker_name(url)
+        if name is None:
+            return None
+        res = self.get(name)
+        return res, no_retry_reason(method, headers, replayable, self.unsafe_ok.get(res.name, False))
+
     def clear(self) -> None:
         """Forget every destination (settings changed, or uninstrumented)."""
         with self._lock:

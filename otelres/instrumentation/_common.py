@@ -1,0 +1,36 @@
+"""What every integration shares: the guard against patching our own traffic
+twice, and the mark an attempt leaves on its CLIENT span.
+"""
+
+from __future__ import annotations
+
+import contextvars
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+from otelres._flow import current_attempt
+
+__all__ = ["RESEND_COUNT", "inside", "mark_resend", "should_wrap"]
+
+#: OpenTelemetry's HTTP semantic conventions attribute for attempts after the first.
+RESEND_COUNT = "http.request.resend_count"
+
+#: Set while an otelres-wrapped client call runs: an inner patched call passes through.
+inside: contextvars.ContextVar[bool] = contextvars.ContextVar("otelres_inside", default=False)
+
+
+def should_wrap() -> bool:
+    """False for the exporters' own traffic (instrumentation suppressed) and for a
+    call already under a patched outer call (it must not be retried twice).
+    """
+    return not inside.get() and is_instrumentation_enabled()
+
+
+def mark_resend() -> None:
+    """Set ``http.request.resend_count`` on the current (CLIENT) span for a retry."""
+    attempt = current_attempt()
+    if attempt > 1:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute(RESEND_COUNT, attempt - 1)

@@ -1,0 +1,104 @@
+"""requests: a breaker and retries per destination around ``Session.request``.
+
+``Session.request`` sits above ``Session.send``, where OpenTelemetry's own
+requests instrumentation makes its CLIENT span, so every attempt gets its own
+CLIENT span under the call's INTERNAL span, whichever was installed first; a
+wrapper on ``HTTPAdapter.send`` (below that span) marks the retries with
+``http.request.resend_count``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
+
+from ._common import inside, mark_resend, should_wrap
+from ._http import HttpTargets
+
+__all__ = ["RequestsInstrumentor"]
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    import requests  # noqa: PLC0415 - imported only once requests is in use
+
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import requests  # noqa: PLC0415
+
+    return isinstance(exc, requests.Timeout)
+
+
+def _discard(response: Any) -> None:
+    response.close()
+
+
+_targets = HttpTargets(
+    is_transport_error=_is_transport_error,
+    is_timeout=_is_timeout,
+    status_of=lambda response: response.status_code,
+    headers_of=lambda response: response.headers,
+    discard=_discard,
+)
+
+
+def _replayable(kwargs: Mapping[str, Any]) -> bool:
+    """Bytes, text, forms and JSON can be sent again; generators and files cannot."""
+    data = kwargs.get("data")
+    if data is not None and not isinstance(data, (bytes, str, dict, list, tuple)):
+        return False
+    files = kwargs.get("files")
+    if files:
+        items = files.values() if isinstance(files, Mapping) else (f[1] for f in files)
+        for item in items:
+            content = item[1] if isinstance(item, tuple) else item
+            if not isinstance(content, (bytes, str)) and not isinstance(content, io.BytesIO):
+                return False
+    return True
+
+
+def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not should_wrap():
+        return wrapped(*args, **kwargs)
+    named = dict(zip(("method", "url", "params", "data", "headers"), args, strict=False)) | kwargs
+    plan = _targets.plan(
+        str(named.get("url", "")), str(named.get("method", "")), named.get("headers"), _replayable(named)
+    )
+    if plan is None:
+        return wrapped(*args, **kwargs)
+    res, reason = plan
+    token = inside.set(True)
+    try:
+        return res.call_with(wrapped, args, kwargs, no_retry=reason)
+    finally:
+        inside.reset(token)
+
+
+def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    mark_resend()
+    return wrapped(*args, **kwargs)
+
+
+class RequestsInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
+    """Breakers and retries for requests (``Session.request``)."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """The requests versions this patches."""
+        return ("requests >= 2.20",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        wrap_function_wrapper("requests.sessions", "Session.request", _request)
+        wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", _send)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        import requests  # noqa: PLC0415
+
+        unwrap(requests.sessions.Session, "request")
+        unwrap(requests.adapters.HTTPAdapter, "send")
+        _targets.clear()
