@@ -36,6 +36,31 @@ INTEGRATIONS: dict[str, tuple[str, str, str]] = {
         "otelres.instrumentation.httpx:HttpxInstrumentor",
         "opentelemetry.instrumentation.httpx:HTTPXClientInstrumentor",
     ),
+    "otelres_psycopg": (
+        "psycopg",
+        "otelres.instrumentation.psycopg:PsycopgInstrumentor",
+        "opentelemetry.instrumentation.psycopg:PsycopgInstrumentor",
+    ),
+    "otelres_psycopg2": (
+        "psycopg2",
+        "otelres.instrumentation.psycopg2:Psycopg2Instrumentor",
+        "opentelemetry.instrumentation.psycopg2:Psycopg2Instrumentor",
+    ),
+    "otelres_asyncpg": (
+        "asyncpg",
+        "otelres.instrumentation.asyncpg:AsyncpgInstrumentor",
+        "opentelemetry.instrumentation.asyncpg:AsyncPGInstrumentor",
+    ),
+    "otelres_sqlite3": (
+        "sqlite3",
+        "otelres.instrumentation.sqlite3:Sqlite3Instrumentor",
+        "opentelemetry.instrumentation.sqlite3:SQLite3Instrumentor",
+    ),
+    "otelres_redis": (
+        "redis",
+        "otelres.instrumentation.redis:RedisInstrumentor",
+        "opentelemetry.instrumentation.redis:RedisInstrumentor",
+    ),
 }
 
 _lock = threading.Lock()
@@ -78,7 +103,11 @@ def instrument(**overrides: object) -> None:
                     "otelres: %s not patched (%s)", library, "disabled" if entry in disabled else "absent"
                 )
                 continue
-            instrumentor = _load(ours)()
+            try:
+                instrumentor = _load(ours)()
+            except (ImportError, AttributeError):  # an integration not written yet
+                _log.debug("otelres: no integration for %s", library)
+                continue
             instrumentor.instrument(skip_dep_check=True)
             _patched.append(instrumentor)
             _enable_opentelemetry(theirs)
