@@ -39,6 +39,8 @@ __all__ = [
 BASELINE = "baseline"
 OTELRES = "otelres"
 PEER = "peer"
+#: A figure of a library otelres builds on (the OpenTelemetry SDK), for reference.
+REFERENCE = "reference"
 
 
 @dataclasses.dataclass
@@ -46,9 +48,13 @@ class Contender:
     """One row of a table: a library's way of making the call under test.
 
     ``run`` is None when the library is missing or could not be set up; ``note``
-    then says why. ``kind`` is ``otelres``, ``peer`` or ``baseline`` (the bare
-    call, for reference: it shows the floor and is never "the fastest peer").
-    ``after_round`` runs after each of its runs, outside the timing.
+    then says why. ``kind`` is ``otelres``, ``peer``, ``baseline`` (the bare
+    call, for reference: it shows the floor and is never "the fastest peer") or
+    ``reference`` (a figure to compare with, never a peer).
+    ``before_round`` runs before each of its runs and ``after_round`` after
+    each, both outside the timing: a contender that needs process-wide state
+    (telemetry switched on) sets it up and tears it down there, so that no
+    other contender runs with it. Calibration counts as one run.
     """
 
     name: str
@@ -56,6 +62,7 @@ class Contender:
     run: Callable[[int], Any] | None
     note: str = ""
     after_round: Callable[[], Any] | None = None
+    before_round: Callable[[], Any] | None = None
     n: int = 0
     samples: list[float] = dataclasses.field(default_factory=list)
 
@@ -118,6 +125,8 @@ def measure(contenders: list[Contender], rounds: int, target_s: float, seed: int
     live = [c for c in contenders if c.available]
     for c in live:
         assert c.run is not None
+        if c.before_round is not None:
+            c.before_round()
         c.n = calibrate(c.run, target_s)
         if c.after_round is not None:
             c.after_round()
@@ -126,6 +135,8 @@ def measure(contenders: list[Contender], rounds: int, target_s: float, seed: int
         rng.shuffle(order)
         for c in order:
             assert c.run is not None
+            if c.before_round is not None:
+                c.before_round()
             gc.collect()
             elapsed = _timed(c.run, c.n)
             c.samples.append(elapsed / c.n)

@@ -85,3 +85,9 @@ class ConfigError(OtelresError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.key, self.value, self.allowed))
+
+
+# Shown as ``otelres.CircuitOpenError`` (in Jaeger's exception.type, in tracebacks),
+# not as the private module that defines them.
+for _error in (OtelresError, CircuitOpenError, RetryError, ConfigError):
+    _error.__module__ = "otelres"

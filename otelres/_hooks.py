@@ -79,7 +79,13 @@ class Listener:
         return None
 
     def on_call_end(
-        self, breaker: str, scope: object, outcome: str, attempts: int, error: BaseException | None
+        self,
+        breaker: str,
+        scope: object,
+        outcome: str,
+        attempts: int,
+        duration: float,
+        error: BaseException | None,
     ) -> None:
         """A logical call ended (per-call listeners only), after :meth:`on_call`;
         ``error`` is the exception it ended with, if any.
@@ -200,7 +206,7 @@ def emit_call(
     for listener, scope in reversed(scopes):
         try:
             listener.on_call(breaker, outcome, duration, attempts)
-            listener.on_call_end(breaker, scope, outcome, attempts, error)
+            listener.on_call_end(breaker, scope, outcome, attempts, duration, error)
         except Exception as exc:  # noqa: BLE001
             _failed("on_call", exc)
 

@@ -49,13 +49,12 @@ def exporter_names(signal: Signal, env: Mapping[str, str]) -> list[str]:
         if name == "none":
             raise ConfigError(var, raw, "'none' alone, or a list of exporters")
         if name == "otlp":
-            protocol = (
-                env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
-                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "http/protobuf"
-            ).strip()
+            protocol_var = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
+            if protocol_var not in env:
+                protocol_var = "OTEL_EXPORTER_OTLP_PROTOCOL"
+            protocol = (env.get(protocol_var) or "http/protobuf").strip()
             if protocol not in _PROTOCOLS:
-                raise ConfigError("OTEL_EXPORTER_OTLP_PROTOCOL", protocol, "http/protobuf | grpc")
+                raise ConfigError(protocol_var, protocol, "http/protobuf | grpc")
             name = _PROTOCOLS[protocol]  # noqa: PLW2901 - the entry point the name stands for
         result.append(name)
     return result
@@ -99,9 +98,11 @@ def configure_sdk(env: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     try:
         span_exporters, metric_exporters, _ = _import_exporters(wanted["traces"], wanted["metrics"], [])
     except RuntimeError as exc:
-        signal = "TRACES" if any(n in str(exc) for n in wanted["traces"]) else "METRICS"
+        # The SDK names the entry-point group it searched: that tells the signal.
+        signal = "METRICS" if "opentelemetry_metrics_exporter" in str(exc) else "TRACES"
+        var = f"OTEL_{signal}_EXPORTER"
         hint = " (pip install opentelemetry-exporter-otlp-proto-grpc)" if "grpc" in str(exc) else ""
-        raise ConfigError(f"OTEL_{signal}_EXPORTER", str(exc), f"an installed exporter{hint}") from None
+        raise ConfigError(var, env.get(var, "otlp"), f"an installed exporter{hint}; {exc}") from None
     resource = Resource.create()
     if span_exporters:
         _init_tracing(exporters=span_exporters, resource=resource)

@@ -10,10 +10,11 @@ providers after :func:`enable` is noticed: the API's ``set_tracer_provider`` and
 
 from __future__ import annotations
 
+import importlib
 import threading
+from typing import TYPE_CHECKING
 
 import wrapt
-from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.utils import unwrap
 
 from otelres import _hooks
@@ -21,6 +22,9 @@ from otelres._sdk import has_meter_provider, has_tracer_provider
 
 from ._calls import CallTelemetry
 from ._logs import LogEvents
+
+if TYPE_CHECKING:
+    from opentelemetry import metrics, trace
 
 __all__ = ["active", "disable", "enable"]
 
@@ -30,6 +34,10 @@ _explicit: tuple[trace.TracerProvider | None, metrics.MeterProvider | None] | No
 _logs: LogEvents | None = None
 _calls: CallTelemetry | None = None
 _calls_for: tuple[bool, bool] = (False, False)
+# One CallTelemetry per pair of providers, kept across disable()/enable(): its
+# instruments are registered with the meter once, and a second set would be a
+# duplicate whose callbacks the SDK never calls. Key (None, None): the globals.
+_by_providers: dict[tuple[object, object], CallTelemetry] = {}
 
 
 def enable(
@@ -42,12 +50,14 @@ def enable(
 
     With no provider given, the global ones are used, and spans and metrics
     start once the application installs SDK providers. Given providers (tests,
-    or an application that keeps several) are used as they are.
+    or an application that keeps several) are used as they are; a later call
+    that gives only one of them keeps the other.
     """
     global _enabled, _explicit, _logs  # noqa: PLW0603 - one telemetry state per process
     with _lock:
         if tracer_provider is not None or meter_provider is not None:
-            _explicit = (tracer_provider, meter_provider)
+            previous = _explicit or (None, None)
+            _explicit = (tracer_provider or previous[0], meter_provider or previous[1])
         if _logs is None:
             _logs = LogEvents(rejected_log_interval)
             _hooks.add_listener(_logs)
@@ -57,7 +67,7 @@ def enable(
 
 
 def disable() -> None:
-    """Stop reporting (idempotent). Instruments already created stay with their meter."""
+    """Stop reporting (idempotent)."""
     global _enabled, _explicit, _logs, _calls, _calls_for  # noqa: PLW0603
     with _lock:
         _enabled = False
@@ -78,28 +88,44 @@ def active() -> dict[str, bool]:
 
 
 def _refresh() -> None:
-    """(Re)build the per-call listener for the providers in place now."""
+    """Start spans and metrics for the providers in place now."""
     global _calls, _calls_for  # noqa: PLW0603
     with _lock:
         if not _enabled:
             return
         if _explicit is not None:
-            tracing, metering = _explicit[0] is not None, _explicit[1] is not None
+            tracer_provider, meter_provider = _explicit
+            tracing, metering = tracer_provider is not None, meter_provider is not None
         else:
+            tracer_provider = meter_provider = None
             tracing, metering = has_tracer_provider(), has_meter_provider()
-        if (tracing, metering) == _calls_for and (_calls is not None or not (tracing or metering)):
+        if not (tracing or metering):
             return
-        if _calls is not None:
-            _hooks.remove_listener(_calls)
-            _calls = None
+        calls = _by_providers.get((tracer_provider, meter_provider))
+        if calls is None:
+            calls = _by_providers[(tracer_provider, meter_provider)] = CallTelemetry()
+        if tracing:
+            calls.start_tracing(tracer_provider)
+        if metering:
+            calls.start_metrics(meter_provider)
+        if calls is not _calls:
+            if _calls is not None:
+                _hooks.remove_listener(_calls)
+            _calls = calls
+            _hooks.add_listener(calls)
         _calls_for = (tracing, metering)
-        if tracing or metering:
-            tracer_provider, meter_provider = _explicit if _explicit is not None else (None, None)
-            _calls = CallTelemetry(tracer_provider, meter_provider, tracing=tracing, metering=metering)
-            _hooks.add_listener(_calls)
 
 
 _watching = False
+
+# The functions that really set the global providers. The public setters look
+# these up at each call, so wrapping them also catches an application (or the
+# SDK's own set-up code) that imported the public setter by name before
+# enable(); the leading underscore is OpenTelemetry's, stable since 1.0.
+_SETTERS = (
+    ("opentelemetry.trace", "_set_tracer_provider"),
+    ("opentelemetry.metrics._internal", "_set_meter_provider"),
+)
 
 
 def _watch_providers() -> None:
@@ -116,8 +142,8 @@ def _watch_providers() -> None:
         _refresh()
         return result
 
-    wrapt.wrap_function_wrapper("opentelemetry.trace", "set_tracer_provider", after)
-    wrapt.wrap_function_wrapper("opentelemetry.metrics", "set_meter_provider", after)
+    for module, name in _SETTERS:
+        wrapt.wrap_function_wrapper(module, name, after)
 
 
 def _unwatch_providers() -> None:
@@ -126,5 +152,5 @@ def _unwatch_providers() -> None:
     if not _watching:
         return
     _watching = False
-    unwrap(trace, "set_tracer_provider")
-    unwrap(metrics, "set_meter_provider")
+    for module, name in _SETTERS:
+        unwrap(importlib.import_module(module), name)

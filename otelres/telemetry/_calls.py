@@ -34,55 +34,71 @@ if TYPE_CHECKING:
 __all__ = ["CallTelemetry"]
 
 _VERSION = "0.1.0"
+
+#: Bucket bounds in seconds for durations and delays (the SDK's defaults are
+#: meant for milliseconds: every call under 5 s would land in one bucket).
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _FAILED = ("failure", "rejected")
 
 
 class CallTelemetry(Listener):
-    """Spans (when tracing is on) and metrics (when metrics are on) for every call."""
+    """Spans (once :meth:`start_tracing` ran) and metrics (once :meth:`start_metrics`
+    ran) for every call. Each starts at most once; neither stops (disabling
+    telemetry unregisters the listener instead).
+    """
 
     per_call = True
 
-    def __init__(
-        self,
-        tracer_provider: trace.TracerProvider | None = None,
-        meter_provider: metrics.MeterProvider | None = None,
-        *,
-        tracing: bool = True,
-        metering: bool = True,
-    ) -> None:
-        self._tracer = trace.get_tracer(names.METER_NAME, _VERSION, tracer_provider) if tracing else None
+    def __init__(self) -> None:
+        self._tracer: trace.Tracer | None = None
         self._lock = threading.Lock()
         self._calls: dict[tuple[str, str], int] = {}
         self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
-        self._metering = metering
-        if metering:
-            meter = metrics.get_meter(names.METER_NAME, _VERSION, meter_provider)
-            self._duration = meter.create_histogram(
-                names.CALL_DURATION, unit="s", description="Duration of logical calls, retries included."
-            )
-            self._retries = meter.create_counter(
-                names.RETRIES, unit="{retry}", description="Retries scheduled, by reason."
-            )
-            self._suppressed = meter.create_counter(
-                names.RETRIES_SUPPRESSED, unit="{retry}", description="Retries due but not made, by reason."
-            )
-            self._transitions = meter.create_counter(
-                names.CIRCUIT_TRANSITIONS,
-                unit="{transition}",
-                description="Circuit breaker state transitions.",
-            )
-            self._delay = meter.create_histogram(
-                names.RETRY_DELAY, unit="s", description="Delay scheduled before each retry."
-            )
-            meter.create_observable_counter(
-                names.CALLS, [self._observe_calls], unit="{call}", description="Logical calls, by outcome."
-            )
-            meter.create_observable_gauge(
-                names.CIRCUIT_STATE,
-                [self._observe_states],
-                unit="1",
-                description="1 for each breaker's current state, 0 for the others.",
-            )
+        self._metering = False
+
+    def start_tracing(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        """Make spans from now on (the global provider when none is given)."""
+        if self._tracer is None:
+            self._tracer = trace.get_tracer(names.METER_NAME, _VERSION, tracer_provider)
+
+    def start_metrics(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        """Create the instruments, once: a second set on the same meter would be
+        a duplicate whose callbacks the SDK never calls.
+        """
+        if self._metering:
+            return
+        meter = metrics.get_meter(names.METER_NAME, _VERSION, meter_provider)
+        self._duration = meter.create_histogram(
+            names.CALL_DURATION,
+            unit="s",
+            description="Duration of logical calls, retries included.",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        )
+        self._retries = meter.create_counter(
+            names.RETRIES, unit="{retry}", description="Retries scheduled, by reason."
+        )
+        self._suppressed = meter.create_counter(
+            names.RETRIES_SUPPRESSED, unit="{retry}", description="Retries due but not made, by reason."
+        )
+        self._transitions = meter.create_counter(
+            names.CIRCUIT_TRANSITIONS, unit="{transition}", description="Circuit breaker state transitions."
+        )
+        self._delay = meter.create_histogram(
+            names.RETRY_DELAY,
+            unit="s",
+            description="Delay scheduled before each retry.",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        )
+        meter.create_observable_counter(
+            names.CALLS, [self._observe_calls], unit="{call}", description="Logical calls, by outcome."
+        )
+        meter.create_observable_gauge(
+            names.CIRCUIT_STATE,
+            [self._observe_states],
+            unit="1",
+            description="1 for each breaker's current state, 0 for the others.",
+        )
+        self._metering = True
 
     # -- attribute sets, built once --------------------------------------------------------
 
@@ -126,33 +142,43 @@ class CallTelemetry(Listener):
         return span, token
 
     def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:
-        """Count the call and record its duration."""
-        if not self._metering:
-            return
-        key = (breaker, outcome)
-        with self._lock:
-            self._calls[key] = self._calls.get(key, 0) + 1
-        self._duration.record(duration, self._attributes(breaker, names.ATTR_OUTCOME, outcome))
+        """Count the call (its duration is recorded in :meth:`on_call_end`)."""
+        if self._metering:
+            key = (breaker, outcome)
+            with self._lock:
+                self._calls[key] = self._calls.get(key, 0) + 1
 
     def on_call_end(
-        self, breaker: str, scope: object, outcome: str, attempts: int, error: BaseException | None
+        self,
+        breaker: str,
+        scope: object,
+        outcome: str,
+        attempts: int,
+        duration: float,
+        error: BaseException | None,
     ) -> None:
-        """End the call's span: outcome, attempts, status, the exception once."""
-        if scope is None:
-            return
-        span, token = cast("tuple[trace.Span, Token[Context]]", scope)  # what on_call_start returned
-        try:
-            span.set_attribute(names.ATTR_OUTCOME, outcome)
-            span.set_attribute(names.ATTR_ATTEMPTS, attempts)
-            if outcome in _FAILED:
-                if error is not None:
-                    span.record_exception(error)
-                    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-                else:
-                    span.set_status(Status(StatusCode.ERROR, "the last attempt's result was a failure"))
-            span.end()
-        finally:
-            otel_context.detach(token)
+        """End the call's span, then record the duration.
+
+        The duration is recorded after the span stopped being current: inside
+        it, the SDK's default exemplar filter would offer every measurement to
+        the exemplar reservoir, which costs more than the record itself.
+        """
+        if scope is not None:
+            span, token = cast("tuple[trace.Span, Token[Context]]", scope)
+            try:
+                attributes: dict[str, Any] = {names.ATTR_OUTCOME: outcome, names.ATTR_ATTEMPTS: attempts}
+                span.set_attributes(attributes)
+                if outcome in _FAILED:
+                    if error is not None:
+                        span.record_exception(error)
+                        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                    else:
+                        span.set_status(Status(StatusCode.ERROR, "the last attempt's result was a failure"))
+                span.end()
+            finally:
+                otel_context.detach(token)
+        if self._metering:
+            self._duration.record(duration, self._attributes(breaker, names.ATTR_OUTCOME, outcome))
 
     # -- events ---------------------------------------------------------------------------------
 
