@@ -11,7 +11,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from otelres._flow import current_attempt
 
-__all__ = ["RESEND_COUNT", "inside", "mark_resend", "should_wrap"]
+__all__ = ["RESEND_COUNT", "ensure_telemetry", "inside", "mark_resend", "should_wrap"]
 
 #: OpenTelemetry's HTTP semantic conventions attribute for attempts after the first.
 RESEND_COUNT = "http.request.resend_count"
@@ -34,3 +34,12 @@ def mark_resend() -> None:
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute(RESEND_COUNT, attempt - 1)
+
+
+def ensure_telemetry() -> None:
+    """Turn otelres's telemetry on (idempotent): an instrumentor loaded by
+    ``opentelemetry-instrument`` through its entry point, without
+    ``otelres.instrument()``, reports like one that was."""
+    from otelres import telemetry  # noqa: PLC0415 - OpenTelemetry's SDK set-up runs first
+
+    telemetry.enable()

@@ -17,7 +17,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
-from ._common import inside, mark_resend, should_wrap
+from ._common import ensure_telemetry, inside, mark_resend, should_wrap
 from ._http import HttpTargets
 
 if TYPE_CHECKING:
@@ -113,6 +113,7 @@ class HttpxInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
         return ("httpx >= 0.23",)
 
     def _instrument(self, **kwargs: Any) -> None:
+        ensure_telemetry()
         wrap_function_wrapper("httpx", "Client.send", _send)
         wrap_function_wrapper("httpx", "AsyncClient.send", _asend)
         # The coroutine is created (and the attempt number read) when the

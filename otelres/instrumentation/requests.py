@@ -17,7 +17,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
-from ._common import inside, mark_resend, should_wrap
+from ._common import ensure_telemetry, inside, mark_resend, should_wrap
 from ._http import HttpTargets
 
 __all__ = ["RequestsInstrumentor"]
@@ -93,6 +93,7 @@ class RequestsInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped ba
         return ("requests >= 2.20",)
 
     def _instrument(self, **kwargs: Any) -> None:
+        ensure_telemetry()
         wrap_function_wrapper("requests.sessions", "Session.request", _request)
         wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", _send)
 
