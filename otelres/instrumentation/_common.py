@@ -39,7 +39,8 @@ def mark_resend() -> None:
 def ensure_telemetry() -> None:
     """Turn otelres's telemetry on (idempotent): an instrumentor loaded by
     ``opentelemetry-instrument`` through its entry point, without
-    ``otelres.instrument()``, reports like one that was."""
+    ``otelres.instrument()``, reports like one that was.
+    """
     from otelres import telemetry  # noqa: PLC0415 - OpenTelemetry's SDK set-up runs first
 
     telemetry.enable()
