@@ -41,49 +41,34 @@ SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 _FAILED = ("failure", "rejected")
 
 
-class CallTelemetry(Listener):
-    """Spans (once :meth:`start_tracing` ran) and metrics (once :meth:`start_metrics`
-    ran) for every call. Each starts at most once; neither stops (disabling
-    telemetry unregisters the listener instead).
+class _Instruments:
+    """The instruments and local counts of one meter provider, created once.
+
+    A second set on the same meter would be duplicates whose callbacks the SDK
+    never calls, so every listener reporting to that provider shares this one.
     """
 
-    per_call = True
-
-    def __init__(self) -> None:
-        self._tracer: trace.Tracer | None = None
-        self._lock = threading.Lock()
-        self._calls: dict[tuple[str, str], int] = {}
-        self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
-        self._metering = False
-
-    def start_tracing(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        """Make spans from now on (the global provider when none is given)."""
-        if self._tracer is None:
-            self._tracer = trace.get_tracer(names.METER_NAME, _VERSION, tracer_provider)
-
-    def start_metrics(self, meter_provider: metrics.MeterProvider | None = None) -> None:
-        """Create the instruments, once: a second set on the same meter would be
-        a duplicate whose callbacks the SDK never calls.
-        """
-        if self._metering:
-            return
+    def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
+        self.lock = threading.Lock()
+        self.calls: dict[tuple[str, str], int] = {}
+        self.attrs: dict[tuple[str, ...], dict[str, str]] = {}
         meter = metrics.get_meter(names.METER_NAME, _VERSION, meter_provider)
-        self._duration = meter.create_histogram(
+        self.duration = meter.create_histogram(
             names.CALL_DURATION,
             unit="s",
             description="Duration of logical calls, retries included.",
             explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
         )
-        self._retries = meter.create_counter(
+        self.retries = meter.create_counter(
             names.RETRIES, unit="{retry}", description="Retries scheduled, by reason."
         )
-        self._suppressed = meter.create_counter(
+        self.suppressed = meter.create_counter(
             names.RETRIES_SUPPRESSED, unit="{retry}", description="Retries due but not made, by reason."
         )
-        self._transitions = meter.create_counter(
+        self.transitions = meter.create_counter(
             names.CIRCUIT_TRANSITIONS, unit="{transition}", description="Circuit breaker state transitions."
         )
-        self._delay = meter.create_histogram(
+        self.delay = meter.create_histogram(
             names.RETRY_DELAY,
             unit="s",
             description="Delay scheduled before each retry.",
@@ -98,24 +83,20 @@ class CallTelemetry(Listener):
             unit="1",
             description="1 for each breaker's current state, 0 for the others.",
         )
-        self._metering = True
 
-    # -- attribute sets, built once --------------------------------------------------------
-
-    def _attributes(self, breaker: str, key: str, value: str) -> dict[str, str]:
-        found = self._attrs.get((breaker, key, value))
+    def attributes(self, breaker: str, key: str, value: str) -> dict[str, str]:
+        """The attribute set ``{breaker, key: value}``, built once and reused."""
+        found = self.attrs.get((breaker, key, value))
         if found is None:
             found = {names.ATTR_BREAKER: breaker, key: value}
-            self._attrs[(breaker, key, value)] = found
+            self.attrs[(breaker, key, value)] = found
         return found
 
-    # -- observable callbacks ------------------------------------------------------------------
-
     def _observe_calls(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            counts = list(self._calls.items())
+        with self.lock:
+            counts = list(self.calls.items())
         return [
-            metrics.Observation(count, self._attributes(breaker, names.ATTR_OUTCOME, outcome))
+            metrics.Observation(count, self.attributes(breaker, names.ATTR_OUTCOME, outcome))
             for (breaker, outcome), count in counts
         ]
 
@@ -127,6 +108,41 @@ class CallTelemetry(Listener):
                 attributes = {names.ATTR_BREAKER: breaker.name, names.ATTR_STATE: state}
                 observations.append(metrics.Observation(1 if state == current else 0, attributes))
         return observations
+
+
+_instruments: dict[object, _Instruments] = {}
+_instruments_lock = threading.Lock()
+
+
+def _instruments_for(meter_provider: metrics.MeterProvider | None) -> _Instruments:
+    with _instruments_lock:
+        found = _instruments.get(meter_provider)
+        if found is None:
+            found = _instruments[meter_provider] = _Instruments(meter_provider)
+        return found
+
+
+class CallTelemetry(Listener):
+    """Spans (once :meth:`start_tracing` ran) and metrics (once :meth:`start_metrics`
+    ran) for every call. Each starts at most once; neither stops (disabling
+    telemetry unregisters the listener instead).
+    """
+
+    per_call = True
+
+    def __init__(self) -> None:
+        self._tracer: trace.Tracer | None = None
+        self._m: _Instruments | None = None
+
+    def start_tracing(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        """Make spans from now on (the global provider when none is given)."""
+        if self._tracer is None:
+            self._tracer = trace.get_tracer(names.METER_NAME, _VERSION, tracer_provider)
+
+    def start_metrics(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        """Report metrics from now on, through the provider's one set of instruments."""
+        if self._m is None:
+            self._m = _instruments_for(meter_provider)
 
     # -- the call ---------------------------------------------------------------------------------
 
@@ -143,10 +159,11 @@ class CallTelemetry(Listener):
 
     def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:
         """Count the call (its duration is recorded in :meth:`on_call_end`)."""
-        if self._metering:
+        m = self._m
+        if m is not None:
             key = (breaker, outcome)
-            with self._lock:
-                self._calls[key] = self._calls.get(key, 0) + 1
+            with m.lock:
+                m.calls[key] = m.calls.get(key, 0) + 1
 
     def on_call_end(
         self,
@@ -169,25 +186,32 @@ class CallTelemetry(Listener):
                 attributes: dict[str, Any] = {names.ATTR_OUTCOME: outcome, names.ATTR_ATTEMPTS: attempts}
                 span.set_attributes(attributes)
                 if outcome in _FAILED:
-                    if error is not None:
+                    # The description names the error's type only: its message may
+                    # carry a URL with credentials (the exception event has it all).
+                    if error is None:
+                        description = "the last attempt's result was a failure"
+                    elif isinstance(error, Exception):
                         span.record_exception(error)
-                        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                        description = type(error).__name__
                     else:
-                        span.set_status(Status(StatusCode.ERROR, "the last attempt's result was a failure"))
+                        description = f"cancelled ({type(error).__name__})"
+                    span.set_status(Status(StatusCode.ERROR, description))
                 span.end()
             finally:
                 otel_context.detach(token)
-        if self._metering:
-            self._duration.record(duration, self._attributes(breaker, names.ATTR_OUTCOME, outcome))
+        m = self._m
+        if m is not None:
+            m.duration.record(duration, m.attributes(breaker, names.ATTR_OUTCOME, outcome))
 
     # -- events ---------------------------------------------------------------------------------
 
     def on_retry(self, breaker: str, attempt: int, delay: float, reason: str) -> None:
         """Count the retry, record its delay, and add the event to the call's span."""
-        if self._metering:
-            attributes = self._attributes(breaker, names.ATTR_RETRY_REASON, reason)
-            self._retries.add(1, attributes)
-            self._delay.record(delay, attributes)
+        m = self._m
+        if m is not None:
+            attributes = m.attributes(breaker, names.ATTR_RETRY_REASON, reason)
+            m.retries.add(1, attributes)
+            m.delay.record(delay, attributes)
         _event(
             names.EVENT_RETRY,
             {names.ATTR_ATTEMPT: attempt, names.ATTR_RETRY_DELAY: delay, names.ATTR_RETRY_REASON: reason},
@@ -195,23 +219,25 @@ class CallTelemetry(Listener):
 
     def on_retry_suppressed(self, breaker: str, attempt: int, reason: str) -> None:
         """Count the retry that was not made."""
-        if self._metering:
-            self._suppressed.add(1, self._attributes(breaker, names.ATTR_RETRY_REASON, reason))
+        m = self._m
+        if m is not None:
+            m.suppressed.add(1, m.attributes(breaker, names.ATTR_RETRY_REASON, reason))
 
     def on_transition(self, transition: Transition) -> None:
         """Count the transition and add it to the span that caused it."""
         from_state, to_state = transition.from_state.value, transition.to_state.value
-        if self._metering:
+        m = self._m
+        if m is not None:
             key = (transition.breaker, from_state, to_state)
-            attributes = self._attrs.get(key)
+            attributes = m.attrs.get(key)
             if attributes is None:
                 attributes = {
                     names.ATTR_BREAKER: transition.breaker,
                     names.ATTR_FROM_STATE: from_state,
                     names.ATTR_TO_STATE: to_state,
                 }
-                self._attrs[key] = attributes
-            self._transitions.add(1, attributes)
+                m.attrs[key] = attributes
+            m.transitions.add(1, attributes)
         _event(
             names.EVENT_CIRCUIT_TRANSITION,
             {

@@ -286,7 +286,7 @@ def test_exhausted_call_span_is_an_error_with_one_exception(exported: Exported) 
     """The exhausted call's span has status ERROR and exactly one exception event, the last error."""
     call = exported.call_span(API, "failure")
     assert call.status_code == "ERROR"
-    assert "connection refused (attempt 3)" in call.status_message
+    assert call.status_message == "ConnectionError"  # the type only: a message may carry credentials
     exceptions = call.events_named("exception")
     assert len(exceptions) == 1
     assert exceptions[0].attributes["exception.type"] == "ConnectionError"
