@@ -25,12 +25,12 @@ def _clean_otelres(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     _config.configure(None)
     previous_registry = set_default_registry(Registry())
-    previous_listeners = list(_hooks.listeners)
-    _hooks.listeners = []
+    previous_listeners = (_hooks.listeners, _hooks.call_listeners)
+    _hooks.listeners, _hooks.call_listeners = [], []
     attempts, sleep = testing_state.attempts, testing_state.sleep
     yield
     testing_state.attempts, testing_state.sleep = attempts, sleep
-    _hooks.listeners = previous_listeners
+    _hooks.listeners, _hooks.call_listeners = previous_listeners
     set_default_registry(previous_registry)
     _config.configure(None)
 

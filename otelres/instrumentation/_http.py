@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -26,11 +28,12 @@ from otelres._registry import OVERFLOW, default_registry
 from otelres._resilience import Resilience
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Iterator, Mapping
 
 __all__ = [
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
+    "TARGETS",
     "HttpTargets",
     "breaker_name",
     "no_retry_reason",
@@ -85,28 +88,66 @@ def no_retry_reason(
     return "not_idempotent"
 
 
-class HttpTargets:
-    """The Resilience of each HTTP destination, for one client library.
+def _error_classes(timeouts: bool) -> tuple[type[BaseException], ...]:
+    """The transport errors (or only the timeouts) of the client libraries in use.
 
-    ``is_transport_error`` tells the library's connection errors and timeouts,
-    ``status_of`` reads a response's status, ``headers_of`` its headers, and
-    ``discard`` releases a response that will not reach the caller.
+    Read from ``sys.modules``: an exception of a library implies the library
+    was imported, and nothing is imported here on its account.
+    """
+    classes: list[type[BaseException]] = [TimeoutError] if timeouts else [OSError]
+    requests = sys.modules.get("requests")
+    if requests is not None:
+        if timeouts:
+            classes.append(requests.Timeout)
+        else:
+            # Not RequestException: InvalidURL, MissingSchema and kin are the caller's.
+            classes += [requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError]
+    httpx = sys.modules.get("httpx")
+    if httpx is not None:
+        classes.append(httpx.TimeoutException if timeouts else httpx.TransportError)
+    return tuple(classes)
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """A connection error or a timeout, of requests, httpx or the OS (an HTTP
+    error status is a response on the paths otelres wraps, never an exception).
+    """
+    return isinstance(exc, _error_classes(timeouts=False))
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A timeout, of requests, httpx or the OS."""
+    return isinstance(exc, _error_classes(timeouts=True))
+
+
+def discard(response: Any) -> None:
+    """Release a response that will not reach the caller (it is being retried,
+    or a fallback replaces it); an already closed (read) one needs nothing.
+    """
+    if getattr(response, "is_closed", False):
+        return
+    try:
+        response.close()
+    except RuntimeError:
+        # httpx: a streamed async response must be closed on its own loop.
+        with contextlib.suppress(RuntimeError):
+            task = asyncio.get_running_loop().create_task(response.aclose())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+class HttpTargets:
+    """The Resilience of each HTTP destination, whichever client library calls it.
+
+    requests and httpx share it: one breaker per ``scheme://host:port``, with
+    failure predicates that know both libraries' errors, so the breaker judges
+    a call the same way whoever made it.
     """
 
-    def __init__(
-        self,
-        *,
-        is_transport_error: Callable[[BaseException], bool],
-        is_timeout: Callable[[BaseException], bool],
-        status_of: Callable[[Any], int],
-        headers_of: Callable[[Any], Mapping[str, str]],
-        discard: Callable[[Any], object] | None,
-    ) -> None:
-        self._is_transport_error = is_transport_error
-        self._is_timeout = is_timeout
-        self._status_of = status_of
-        self._headers_of = headers_of
-        self._discard = discard
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._targets: dict[str, Resilience] = {}
         #: Per destination: whether the configuration allows retrying POST and PATCH.
@@ -150,32 +191,36 @@ class HttpTargets:
         statuses = RETRY_STATUSES | ({500} if target.http.retry_500 else set())
 
         def failure_result(response: Any) -> bool:
-            status = self._status_of(response)
+            status: int = response.status_code
             return status >= 500 or status == 429
 
         def retry_on_result(response: Any) -> bool:
-            return self._status_of(response) in statuses
+            return response.status_code in statuses
 
         def retry_after(exc: BaseException | None, response: Any) -> float | None:
             if response is None:
                 return None
-            value = self._headers_of(response).get("retry-after")
+            value = response.headers.get("retry-after")  # both libraries' headers ignore case
             return parse_retry_after(value, now=time.time()) if value is not None else None
 
         def reason(exc: BaseException | None, response: Any) -> str:
             if exc is None:
-                return f"status_{self._status_of(response)}"
-            return "timeout" if self._is_timeout(exc) else "connect"
+                return f"status_{response.status_code}"
+            return "timeout" if is_timeout(exc) else "connect"
 
         retry = target.retry.evolve(
-            retry_on=self._is_transport_error,
+            retry_on=is_transport_error,
             retry_on_result=retry_on_result,
             retry_after=retry_after,
             reason=reason,
         )
         breaker, budget = default_registry().entry(
-            name, failure_on=self._is_transport_error, failure_result=failure_result
+            name, failure_on=is_transport_error, failure_result=failure_result
         )
-        res = Resilience(name, retry=retry, breaker=breaker, budget=budget, discard=self._discard)
+        res = Resilience(name, retry=retry, breaker=breaker, budget=budget, discard=discard)
         self.unsafe_ok[name] = target.http.retry_unsafe
         return res
+
+
+#: The one set of HTTP destinations, shared by the requests and httpx integrations.
+TARGETS = HttpTargets()

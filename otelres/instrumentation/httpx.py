@@ -9,8 +9,6 @@ a stream (a generator, a file) is not replayable and is never retried.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
@@ -18,49 +16,12 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
 from ._common import ensure_telemetry, inside, mark_resend, should_wrap
-from ._http import HttpTargets
+from ._http import TARGETS
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
 __all__ = ["HttpxInstrumentor"]
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    import httpx  # noqa: PLC0415 - imported only once httpx is in use
-
-    return isinstance(exc, httpx.TransportError)
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    import httpx  # noqa: PLC0415
-
-    return isinstance(exc, httpx.TimeoutException)
-
-
-def _discard(response: Any) -> None:
-    """Release a response that will be retried (a read one is already closed)."""
-    if response.is_closed:
-        return
-    try:
-        response.close()
-    except RuntimeError:
-        # A streamed async response: close it on the loop it belongs to.
-        with contextlib.suppress(RuntimeError):
-            task = asyncio.get_running_loop().create_task(response.aclose())
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
-
-
-_closing: set[asyncio.Task[None]] = set()
-
-_targets = HttpTargets(
-    is_transport_error=_is_transport_error,
-    is_timeout=_is_timeout,
-    status_of=lambda response: response.status_code,
-    headers_of=lambda response: response.headers,
-    discard=_discard,
-)
 
 
 def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | None] | None:
@@ -73,7 +34,7 @@ def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | Non
     if not isinstance(request, httpx.Request):
         return None
     replayable = isinstance(request.stream, httpx.ByteStream)
-    return _targets.plan(str(request.url), request.method, request.headers, replayable)
+    return TARGETS.plan(str(request.url), request.method, request.headers, replayable)
 
 
 def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -129,4 +90,4 @@ class HttpxInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
         unwrap(httpx.AsyncClient, "send")
         unwrap(httpcore.ConnectionPool, "handle_request")
         unwrap(httpcore.AsyncConnectionPool, "handle_async_request")
-        _targets.clear()
+        TARGETS.clear()

@@ -9,7 +9,6 @@ wrapper on ``HTTPAdapter.send`` (below that span) marks the retries with
 
 from __future__ import annotations
 
-import io
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -18,34 +17,9 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
 from ._common import ensure_telemetry, inside, mark_resend, should_wrap
-from ._http import HttpTargets
+from ._http import TARGETS
 
 __all__ = ["RequestsInstrumentor"]
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    import requests  # noqa: PLC0415 - imported only once requests is in use
-
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    import requests  # noqa: PLC0415
-
-    return isinstance(exc, requests.Timeout)
-
-
-def _discard(response: Any) -> None:
-    response.close()
-
-
-_targets = HttpTargets(
-    is_transport_error=_is_transport_error,
-    is_timeout=_is_timeout,
-    status_of=lambda response: response.status_code,
-    headers_of=lambda response: response.headers,
-    discard=_discard,
-)
 
 
 def _replayable(kwargs: Mapping[str, Any]) -> bool:
@@ -58,7 +32,8 @@ def _replayable(kwargs: Mapping[str, Any]) -> bool:
         items = files.values() if isinstance(files, Mapping) else (f[1] for f in files)
         for item in items:
             content = item[1] if isinstance(item, tuple) else item
-            if not isinstance(content, (bytes, str)) and not isinstance(content, io.BytesIO):
+            # A file object, even a BytesIO, is read to its end by the first attempt.
+            if not isinstance(content, (bytes, str)):
                 return False
     return True
 
@@ -67,7 +42,7 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     if not should_wrap():
         return wrapped(*args, **kwargs)
     named = dict(zip(("method", "url", "params", "data", "headers"), args, strict=False)) | kwargs
-    plan = _targets.plan(
+    plan = TARGETS.plan(
         str(named.get("url", "")), str(named.get("method", "")), named.get("headers"), _replayable(named)
     )
     if plan is None:
@@ -102,4 +77,4 @@ class RequestsInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped ba
 
         unwrap(requests.sessions.Session, "request")
         unwrap(requests.adapters.HTTPAdapter, "send")
-        _targets.clear()
+        TARGETS.clear()
