@@ -1,7 +1,10 @@
-"""``otelres demo``: a flaky upstream, a workload through otelres, a live view."""
+"""``otelres demo``: a flaky upstream, plain requests and httpx calls made resilient by
+``otelres.instrument()``, and a live view of what the breaker and the retries do.
+"""
 
 from __future__ import annotations
 
-from ._run import run_demo
+from ._run import DEMO_SETTINGS, DemoError, run_demo
+from ._upstream import PHASES, Phase
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_SETTINGS", "PHASES", "DemoError", "Phase", "run_demo"]
