@@ -8,6 +8,7 @@ import contextvars
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import SpanKind
 
 from otelres._flow import current_attempt
 
@@ -32,7 +33,9 @@ def mark_resend() -> None:
     attempt = current_attempt()
     if attempt > 1:
         span = trace.get_current_span()
-        if span.is_recording():
+        # Only a CLIENT span: without OpenTelemetry's own instrumentation of the
+        # library, the current span is otelres's call span, which it is not about.
+        if span.is_recording() and getattr(span, "kind", None) is SpanKind.CLIENT:
             span.set_attribute(RESEND_COUNT, attempt - 1)
 
 

@@ -42,9 +42,9 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     if not should_wrap():
         return wrapped(*args, **kwargs)
     named = dict(zip(("method", "url", "params", "data", "headers"), args, strict=False)) | kwargs
-    plan = TARGETS.plan(
-        str(named.get("url", "")), str(named.get("method", "")), named.get("headers"), _replayable(named)
-    )
+    # The session's headers count too: requests merges them in later, when it prepares the request.
+    headers = {**(getattr(instance, "headers", None) or {}), **(named.get("headers") or {})}
+    plan = TARGETS.plan(str(named.get("url", "")), str(named.get("method", "")), headers, _replayable(named))
     if plan is None:
         return wrapped(*args, **kwargs)
     res, reason = plan
