@@ -5,6 +5,7 @@ twice, and the mark an attempt leaves on its CLIENT span.
 from __future__ import annotations
 
 import contextvars
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
@@ -12,7 +13,19 @@ from opentelemetry.trace import SpanKind
 
 from otelres._flow import current_attempt
 
-__all__ = ["RESEND_COUNT", "ensure_telemetry", "inside", "mark_resend", "should_wrap"]
+if TYPE_CHECKING:
+    from otelres._resilience import Resilience
+
+__all__ = [
+    "RESEND_COUNT",
+    "acall_inside",
+    "call_inside",
+    "ensure_telemetry",
+    "inside",
+    "mark_resend",
+    "marking_resend",
+    "should_wrap",
+]
 
 #: OpenTelemetry's HTTP semantic conventions attribute for attempts after the first.
 RESEND_COUNT = "http.request.resend_count"
@@ -47,3 +60,33 @@ def ensure_telemetry() -> None:
     from otelres import telemetry  # noqa: PLC0415 - OpenTelemetry's SDK set-up runs first
 
     telemetry.enable()
+
+
+def call_inside(
+    res: Resilience, reason: str | None, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run a patched client call through ``res`` (``reason``: why it must not be
+    retried, if so); patched calls it makes below pass through.
+    """
+    token = inside.set(True)
+    try:
+        return res.call_with(wrapped, args, kwargs, no_retry=reason)
+    finally:
+        inside.reset(token)
+
+
+async def acall_inside(
+    res: Resilience, reason: str | None, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """The async :func:`call_inside`."""
+    token = inside.set(True)
+    try:
+        return await res.acall_with(wrapped, args, kwargs, no_retry=reason)
+    finally:
+        inside.reset(token)
+
+
+def marking_resend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A wrapt wrapper for the layer below the CLIENT span: mark retries, then call through."""
+    mark_resend()
+    return wrapped(*args, **kwargs)

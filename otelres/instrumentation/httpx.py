@@ -15,7 +15,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
-from ._common import ensure_telemetry, inside, mark_resend, should_wrap
+from ._common import acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
 from ._http import TARGETS
 
 if TYPE_CHECKING:
@@ -41,29 +41,14 @@ def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     plan = _plan(args, kwargs)
     if plan is None:
         return wrapped(*args, **kwargs)
-    res, reason = plan
-    token = inside.set(True)
-    try:
-        return res.call_with(wrapped, args, kwargs, no_retry=reason)
-    finally:
-        inside.reset(token)
+    return call_inside(*plan, wrapped, args, kwargs)
 
 
 async def _asend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     plan = _plan(args, kwargs)
     if plan is None:
         return await wrapped(*args, **kwargs)
-    res, reason = plan
-    token = inside.set(True)
-    try:
-        return await res.acall_with(wrapped, args, kwargs, no_retry=reason)
-    finally:
-        inside.reset(token)
-
-
-def _pool(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    mark_resend()
-    return wrapped(*args, **kwargs)
+    return await acall_inside(*plan, wrapped, args, kwargs)
 
 
 class HttpxInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
@@ -79,8 +64,8 @@ class HttpxInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
         wrap_function_wrapper("httpx", "AsyncClient.send", _asend)
         # The coroutine is created (and the attempt number read) when the
         # transport calls the pool, under the transport's CLIENT span.
-        wrap_function_wrapper("httpcore", "ConnectionPool.handle_request", _pool)
-        wrap_function_wrapper("httpcore", "AsyncConnectionPool.handle_async_request", _pool)
+        wrap_function_wrapper("httpcore", "ConnectionPool.handle_request", marking_resend)
+        wrap_function_wrapper("httpcore", "AsyncConnectionPool.handle_async_request", marking_resend)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         import httpcore  # noqa: PLC0415

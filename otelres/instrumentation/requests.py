@@ -16,7 +16,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
-from ._common import ensure_telemetry, inside, mark_resend, should_wrap
+from ._common import call_inside, ensure_telemetry, marking_resend, should_wrap
 from ._http import TARGETS
 
 __all__ = ["RequestsInstrumentor"]
@@ -47,17 +47,7 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     plan = TARGETS.plan(str(named.get("url", "")), str(named.get("method", "")), headers, _replayable(named))
     if plan is None:
         return wrapped(*args, **kwargs)
-    res, reason = plan
-    token = inside.set(True)
-    try:
-        return res.call_with(wrapped, args, kwargs, no_retry=reason)
-    finally:
-        inside.reset(token)
-
-
-def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    mark_resend()
-    return wrapped(*args, **kwargs)
+    return call_inside(*plan, wrapped, args, kwargs)
 
 
 class RequestsInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
@@ -70,7 +60,7 @@ class RequestsInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped ba
     def _instrument(self, **kwargs: Any) -> None:
         ensure_telemetry()
         wrap_function_wrapper("requests.sessions", "Session.request", _request)
-        wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", _send)
+        wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", marking_resend)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         import requests  # noqa: PLC0415
