@@ -108,9 +108,13 @@ def instrument(**overrides: object) -> None:
             except (ImportError, AttributeError):  # an integration not written yet
                 _log.debug("otelres: no integration for %s", library)
                 continue
+            # OpenTelemetry's first: where both patch the same function (the
+            # database drivers), the one patched last is outermost, and otelres's
+            # retry loop must be outside the CLIENT span so that each attempt
+            # gets its own span.
+            _enable_opentelemetry(theirs)
             instrumentor.instrument(skip_dep_check=True)
             _patched.append(instrumentor)
-            _enable_opentelemetry(theirs)
         _instrumented = True
 
 
