@@ -152,9 +152,21 @@ class HttpTargets:
         self._targets: dict[str, Resilience] = {}
         #: Per destination: whether the configuration allows retrying POST and PATCH.
         self.unsafe_ok: dict[str, bool] = {}
+        self._registry: object = None
+        self._settings: object = None
 
     def get(self, name: str) -> Resilience:
-        """The Resilience for ``name`` (bounded: past the registry's cap, one shared overflow)."""
+        """The Resilience for ``name`` (bounded: past the registry's cap, one shared overflow).
+
+        Rebuilt when the settings or the registry are replaced
+        (``otelres.configure``, ``instrument(**overrides)``, a test's registry).
+        """
+        registry, settings = default_registry(), _config.current()
+        if registry is not self._registry or settings is not self._settings:
+            with self._lock:
+                self._targets.clear()
+                self.unsafe_ok.clear()
+                self._registry, self._settings = registry, settings
         found = self._targets.get(name)
         if found is not None:
             return found

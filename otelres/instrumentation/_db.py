@@ -1,0 +1,428 @@
+"""PostgreSQL semantics shared by the psycopg, psycopg2 and asyncpg integrations.
+
+- One breaker per ``postgresql://host:port/database``: never a user or a
+  password. A Unix-socket directory is percent-encoded as libpq's URIs write it
+  (``postgresql://%2Fvar%2Frun%2Fpostgresql:5432/app``); several hosts are
+  listed (``postgresql://db1:5432,db2:5432/app``); what the arguments leave out
+  comes from ``PGHOST``, ``PGPORT``, ``PGDATABASE`` and ``PGUSER`` as for the
+  drivers, else ``localhost``, 5432 and the user's name (the server's default
+  database).
+- Retried: connection establishment only. A statement is never retried (the
+  server may have run it, and it may sit inside a transaction): it makes one
+  attempt, through the breaker, so that an open circuit fails it fast without
+  touching the server.
+- Breaker failures, and the errors a connection attempt is retried on:
+  connection-class errors (SQLSTATE classes 08, 53, 57, 58 and XX, the
+  drivers' ``OperationalError`` without a SQLSTATE of another class, socket
+  errors and timeouts, asyncpg's closed-connection errors). SQL errors (syntax,
+  constraints, serialization failures) are the caller's: they count as
+  successes, are not retried, and no fallback hides them. libpq gives no
+  SQLSTATE for a refused login, so with psycopg and psycopg2 a wrong password
+  or a missing database is an ``OperationalError`` like a refused connection
+  (retried, counted); asyncpg's ``InvalidPasswordError`` and
+  ``InvalidCatalogNameError`` are the caller's.
+- A statement on a connection that is already closed passes straight through:
+  the driver fails it without a word to the server (the one kind of error
+  raised before a statement is sent that retrying on the same connection could
+  not cure), so it says nothing about the server's health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import os
+import sys
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit
+
+import wrapt
+
+from otelres import _config
+from otelres._registry import OVERFLOW, Registry, default_registry
+from otelres._resilience import Resilience
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from otelres._config import Settings
+
+__all__ = [
+    "DEFAULT_PORT",
+    "SYSTEM",
+    "Connections",
+    "DbTargets",
+    "Patches",
+    "Subclasses",
+    "breaker_name",
+    "is_connection_error",
+    "name_from_params",
+    "name_from_url",
+    "retry_reason",
+]
+
+SYSTEM = "postgresql"
+DEFAULT_PORT = 5432
+
+#: SQLSTATE classes that say the server (or the way to it) is unwell, not the caller's SQL:
+#: connection exception, insufficient resources (too many connections, disk full), operator
+#: intervention (shutdown, cannot connect now, query cancelled by a timeout), system error,
+#: internal error.
+_FAILURE_CLASSES = frozenset({"08", "53", "57", "58", "XX"})
+
+
+# -- names --------------------------------------------------------------------------------
+
+
+def _host_part(host: str) -> str:
+    """One host as it appears in a breaker name."""
+    if host.startswith(("/", "@")):
+        return quote(host, safe="")  # a Unix-socket directory, as libpq's URIs write it
+    if ":" in host:
+        return f"[{host.lower()}]"
+    return host.lower()
+
+
+def breaker_name(hosts: list[str], ports: list[str], dbname: str) -> str:
+    """``postgresql://host:port[,host:port...]/dbname`` for the hosts and ports of a connection.
+
+    ``ports`` holds one port for every host, or one for all of them (libpq's
+    rule); an empty port is the default one.
+    """
+    if not hosts:
+        hosts = ["localhost"]
+    if len(ports) != len(hosts):
+        ports = [ports[0] if ports else ""] * len(hosts)
+    pairs = ",".join(
+        f"{_host_part(host or 'localhost')}:{port.strip() or DEFAULT_PORT}"
+        for host, port in zip(hosts, ports, strict=True)
+    )
+    return f"{SYSTEM}://{pairs}/{dbname}"
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no user name in a bare container
+        return "postgres"
+
+
+def name_from_params(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str:
+    """The breaker name of libpq-style connection parameters (``host``, ``hostaddr``,
+    ``port``, ``dbname``, ``user``), with the ``PG*`` environment filling the gaps.
+    """
+    env = os.environ if env is None else env
+
+    def get(key: str, var: str) -> str:
+        value = params.get(key)
+        if value is None or value == "":
+            return env.get(var, "")
+        return str(value)
+
+    host = get("host", "PGHOST") or get("hostaddr", "PGHOSTADDR")
+    port = get("port", "PGPORT")
+    dbname = get("dbname", "PGDATABASE") or get("user", "PGUSER") or _user_name()
+    return breaker_name(host.split(",") if host else [], port.split(",") if port else [], dbname)
+
+
+def _split_netloc(netloc: str) -> tuple[list[str], list[str]]:
+    """``u:p@h1:5,[::1]:6,h3`` -> (hosts, ports), the hosts percent-decoded."""
+    hostlist = netloc.rpartition("@")[2]
+    hosts: list[str] = []
+    ports: list[str] = []
+    for item in hostlist.split(","):
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port = item.partition(":")
+        hosts.append(unquote(host))
+        ports.append(port)
+    return hosts, ports
+
+
+def name_from_url(
+    dsn: str | None,
+    *,
+    host: Any = None,
+    port: Any = None,
+    database: str | None = None,
+    user: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """The breaker name of asyncpg's arguments: a ``postgresql://`` URL and keyword
+    arguments that win over it (``host`` and ``port`` may be lists).
+    """
+    params: dict[str, Any] = {}
+    if dsn:
+        parts = urlsplit(dsn)
+        hosts, ports = _split_netloc(parts.netloc)
+        if any(hosts):
+            params["host"] = ",".join(hosts)
+        if any(ports):
+            params["port"] = ",".join(ports)
+        if parts.username:
+            params["user"] = unquote(parts.username)
+        path = unquote(parts.path.lstrip("/"))
+        if path:
+            params["dbname"] = path
+        for item in parts.query.split("&"):
+            key, _, value = item.partition("=")
+            key = {"database": "dbname"}.get(key, key)
+            if key in ("host", "port", "dbname", "user") and value:
+                params[key] = unquote(value)
+    if host is not None:
+        params["host"] = host if isinstance(host, str) else ",".join(str(h) for h in host)
+    if port is not None:
+        params["port"] = str(port) if isinstance(port, (str, int)) else ",".join(str(p) for p in port)
+    if database is not None:
+        params["dbname"] = database
+    if user is not None:
+        params["user"] = user
+    return name_from_params(params, env)
+
+
+# -- what counts as a failure ------------------------------------------------------------------
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE an error carries (psycopg and asyncpg: ``sqlstate``; psycopg2: ``pgcode``)."""
+    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return state if isinstance(state, str) and len(state) == 5 else None
+
+
+def _operational(exc: BaseException) -> bool:
+    """Whether a driver already imported classes ``exc`` as connection-class."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+        return True
+    psycopg2 = sys.modules.get("psycopg2")
+    if psycopg2 is not None and isinstance(exc, psycopg2.OperationalError):
+        return True
+    asyncpg = sys.modules.get("asyncpg")
+    # asyncpg's errors with a SQLSTATE were judged by it; these carry none.
+    return asyncpg is not None and isinstance(
+        exc, (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.ConnectionFailureError)
+    )
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for errors that say the server is unreachable or unwell (breaker failures,
+    retried when connecting); False for the caller's SQL errors.
+
+    One predicate for the three drivers: two of them may share a breaker name.
+    """
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):  # refused, reset, unreachable, timed out
+        return True
+    state = _sqlstate(exc)
+    if state is not None:
+        return state[:2] in _FAILURE_CLASSES
+    return _operational(exc)
+
+
+def retry_reason(exc: BaseException | None, result: object) -> str:
+    """The ``otelres.retry.reason`` of a retried connection attempt."""
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.errors.ConnectionTimeout):
+        return "timeout"
+    return "connect"
+
+
+# -- one Resilience per destination ---------------------------------------------------------------
+
+
+class DbTargets:
+    """The Resilience of each database, for one driver: one for connecting (retried),
+    one for statements (a single attempt), over one shared breaker and budget.
+
+    Bounded like the registry: past ``max_breakers`` destinations every new one
+    shares the overflow entry. Built anew when the settings or the registry are
+    replaced (``otelres.instrument(**overrides)``, tests).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._targets: dict[str, tuple[Resilience, Resilience]] = {}
+        self._registry: Registry | None = None
+        self._settings: Settings | None = None
+
+    def get(self, name: str) -> tuple[Resilience, Resilience]:
+        """(connect, statement) Resiliences for the database ``name``."""
+        registry = default_registry()
+        settings = _config.current()
+        if registry is self._registry and settings is self._settings:
+            found = self._targets.get(name)
+            if found is not None:
+                return found
+        with self._lock:
+            if registry is not self._registry or settings is not self._settings:
+                self._targets.clear()
+                self._registry, self._settings = registry, settings
+            found = self._targets.get(name)
+            if found is None:
+                if len(self._targets) >= settings.max_breakers:
+                    name = OVERFLOW
+                    found = self._targets.get(name)
+                if found is None:
+                    found = self._build(name, registry)
+                    self._targets[name] = found
+            return found
+
+    def connect(self, name: str) -> Resilience:
+        """The Resilience that connection attempts to ``name`` go through."""
+        return self.get(name)[0]
+
+    def statement(self, name: str) -> Resilience:
+        """The Resilience that statements on a connection to ``name`` go through."""
+        return self.get(name)[1]
+
+    def clear(self) -> None:
+        """Forget every destination (uninstrumented)."""
+        with self._lock:
+            self._targets.clear()
+            self._registry = self._settings = None
+
+    @staticmethod
+    def _build(name: str, registry: Registry) -> tuple[Resilience, Resilience]:
+        target = registry.settings.for_target(name)
+        breaker, budget = registry.entry(name, failure_on=is_connection_error)
+        retry = target.retry.evolve(retry_on=is_connection_error, reason=retry_reason)
+        connect = Resilience(name, retry=retry, breaker=breaker, budget=budget)
+        statement = Resilience(name, retry=retry.evolve(attempts=1), breaker=breaker, budget=budget)
+        return connect, statement
+
+
+class Connections:
+    """The breaker name of each live connection that came through a patched connect."""
+
+    def __init__(self) -> None:
+        self._names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+    def remember(self, connection: object, name: str) -> None:
+        """Note that ``connection`` goes to the database ``name``."""
+        with contextlib.suppress(TypeError):  # not weakly referenceable (somebody's proxy)
+            self._names[connection] = name
+
+    def name(self, connection: object, live: Callable[[Any], str | None]) -> str | None:
+        """The name of ``connection``'s database; for a connection made before otelres
+        was on, the one ``live`` reads from the connection itself.
+        """
+        try:
+            found = self._names.get(connection)
+        except TypeError:
+            found = None
+        if found is None:
+            try:
+                found = live(connection)
+            except Exception:  # noqa: BLE001 - a driver's internals moved: leave the call alone
+                return None
+            if found is not None:
+                self.remember(connection, found)
+        return found
+
+    def clear(self) -> None:
+        """Forget every connection (uninstrumented)."""
+        self._names.clear()
+
+
+# -- patching -----------------------------------------------------------------------------------
+
+
+class Subclasses:
+    """A driver's classes (or the application's) with a mixin, made once per class.
+
+    The mixin comes first in the MRO (its methods run before the class's own),
+    or last when ``first`` is False (before only the driver's base, so it sees
+    what the application's class decided). The cache is bounded: OpenTelemetry
+    makes a cursor class per connection, so a full cache is emptied.
+    """
+
+    SIZE = 256
+
+    def __init__(self, mixin: type, *, first: bool = True) -> None:
+        self.mixin = mixin
+        self._first = first
+        self._made: dict[type, type] = {}
+        self._lock = threading.Lock()
+
+    def get(self, base: type) -> type | None:
+        """``base`` with the mixin; ``base`` itself if it has it; None if the two cannot mix."""
+        if issubclass(base, self.mixin):
+            return base
+        found = self._made.get(base)
+        if found is None:
+            bases = (self.mixin, base) if self._first else (base, self.mixin)
+            namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__}
+            try:
+                found = type(base.__name__, bases, namespace)
+            except TypeError:  # incompatible layouts or MRO: leave the class alone
+                return None
+            with self._lock:
+                if len(self._made) >= self.SIZE:
+                    self._made.clear()
+                self._made[base] = found
+        return found
+
+
+#: What every wrapt wrapper is an instance of (``BaseObjectProxy`` from wrapt 2 on).
+_PROXY: Any = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
+
+def _wrapper_of(obj: object) -> object:
+    """The wrapper function of a wrapt function wrapper (bound or not), else None."""
+    return getattr(obj, "_self_wrapper", None) if isinstance(obj, _PROXY) else None
+
+
+class Patches:
+    """The attributes one instrumentor wrapped, restored exactly on :meth:`restore`.
+
+    OpenTelemetry's ``unwrap`` replaces whatever wrapper is on top and turns a
+    wrapped classmethod into a method bound to its class. Here every original is
+    kept as it was found in the owner's ``__dict__``, and our wrapper is taken
+    out of the chain wherever it sits, so that the other wrappers stay and the
+    two instrumentations can be installed and removed in any order.
+    """
+
+    def __init__(self) -> None:
+        self._done: list[tuple[object, str, object, object]] = []
+
+    @property
+    def active(self) -> bool:
+        """True while something is patched: the classes handed to the driver obey it."""
+        return bool(self._done)
+
+    def wrap(self, owner: object, attr: str, wrapper: Callable[..., Any]) -> None:
+        """Wrap ``owner.attr`` with ``wrapper`` (once: a second call does nothing; an
+        attribute the owner does not define itself is left alone).
+        """
+        if attr not in vars(owner):
+            return
+        node = vars(owner)[attr]
+        while isinstance(node, _PROXY):
+            if _wrapper_of(node) is wrapper:
+                return
+            node = node.__wrapped__
+        original = vars(owner)[attr]
+        wrapt.wrap_function_wrapper(owner, attr, wrapper)
+        self._done.append((owner, attr, original, wrapper))
+
+    def restore(self) -> None:
+        """Take every wrapper of ours out, newest first."""
+        while self._done:
+            owner, attr, original, wrapper = self._done.pop()
+            current = vars(owner).get(attr)
+            if _wrapper_of(current) is wrapper:
+                setattr(owner, attr, original)
+                continue
+            parent = current
+            while isinstance(parent, _PROXY):
+                child = parent.__wrapped__
+                if _wrapper_of(child) is wrapper:
+                    parent.__wrapped__ = original
+                    break
+                parent = child

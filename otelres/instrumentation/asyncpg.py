@@ -1,0 +1,155 @@
+"""asyncpg: a breaker and retries per database around ``asyncpg.connect``;
+statements (``Connection.execute``, ``executemany``, ``fetch``, ``fetchval``,
+``fetchrow``, ``fetchmany``) make one attempt through the same breaker.
+
+``asyncpg.connect`` and ``asyncpg.connection.connect`` are the same function
+under two names (a pool made after ``instrument()`` calls the second), so both
+are patched. The patched ``connect`` asks asyncpg for a subclass of the
+connection class it would have made (``Connection``, or the application's
+``connection_class``) whose query methods go through the breaker and then call
+the class's own. OpenTelemetry's asyncpg instrumentation wraps those methods
+on ``Connection`` itself, below ours: a query's CLIENT span sits under
+otelres's call span whichever was installed first, and a query rejected by an
+open circuit makes no CLIENT span.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from ._common import inside, should_wrap
+from ._db import Connections, DbTargets, Patches, Subclasses, name_from_params, name_from_url
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Collection
+
+__all__ = ["AsyncpgInstrumentor"]
+
+_targets = DbTargets()
+_connections = Connections()
+_patches = Patches()
+
+
+def _name(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The breaker name of a connect call's DSN and keywords; None if they do not parse."""
+    dsn = args[0] if args else kwargs.get("dsn")
+    try:
+        return name_from_url(
+            dsn,
+            host=kwargs.get("host"),
+            port=kwargs.get("port"),
+            database=kwargs.get("database"),
+            user=kwargs.get("user"),
+        )
+    except Exception:  # noqa: BLE001 - a bad DSN: asyncpg itself will say what is wrong
+        return None
+
+
+def _live_name(connection: Any) -> str | None:
+    """The name of a connection made before otelres was on (asyncpg's private fields)."""
+    addr = connection._addr
+    if isinstance(addr, str):  # a Unix socket's path: <directory>/.s.PGSQL.<port>
+        host, _, port = addr.rpartition("/.s.PGSQL.")
+    else:
+        host, port = addr[0], addr[1]
+    return name_from_params({"host": host, "port": port, "dbname": connection._params.database}, env={})
+
+
+async def _run(
+    connection: Any, method: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run a query through its database's breaker (a single attempt)."""
+    # ``is_closed()``: asyncpg fails a query on a closed connection without a word to the server.
+    if not _patches.active or not should_wrap() or connection.is_closed():
+        return await method(*args, **kwargs)
+    name = _connections.name(connection, _live_name)
+    if name is None:
+        return await method(*args, **kwargs)
+    token = inside.set(True)
+    try:
+        return await _targets.statement(name).acall_with(method, args, kwargs)
+    finally:
+        inside.reset(token)
+
+
+class _Connection:
+    """Mixed into the connection class asyncpg would have made."""
+
+    __slots__ = ()
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a statement through the database's breaker."""
+        return await _run(self, super().execute, args, kwargs)  # type: ignore[misc] # asyncpg's, by the MRO
+
+    async def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a statement for each set of arguments through the database's breaker."""
+        return await _run(self, super().executemany, args, kwargs)  # type: ignore[misc]
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a query through the database's breaker; its rows."""
+        return await _run(self, super().fetch, args, kwargs)  # type: ignore[misc]
+
+    async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a query through the database's breaker; a value of its first row."""
+        return await _run(self, super().fetchval, args, kwargs)  # type: ignore[misc]
+
+    async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a query through the database's breaker; its first row."""
+        return await _run(self, super().fetchrow, args, kwargs)  # type: ignore[misc]
+
+    async def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a query for each set of arguments through the database's breaker; the rows."""
+        return await _run(self, super().fetchmany, args, kwargs)  # type: ignore[misc]
+
+    async def reset(self, *args: Any, **kwargs: Any) -> Any:
+        """A pool's housekeeping on release: its queries bypass the breaker (an open
+        circuit must not turn handing a connection back into an error).
+        """
+        token = inside.set(True)
+        try:
+            return await super().reset(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            inside.reset(token)
+
+
+_classes = Subclasses(_Connection)
+
+
+async def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    name = _name(args, kwargs) if should_wrap() else None
+    if name is None:
+        return await wrapped(*args, **kwargs)
+    from asyncpg.connection import Connection  # type: ignore[import-untyped] # noqa: PLC0415
+
+    chosen = kwargs.get("connection_class", Connection)
+    if isinstance(chosen, type) and issubclass(chosen, Connection):
+        kwargs = {**kwargs, "connection_class": _classes.get(chosen) or chosen}
+    token = inside.set(True)
+    try:
+        connection = await _targets.connect(name).acall_with(wrapped, args, kwargs)
+    finally:
+        inside.reset(token)
+    _connections.remember(connection, name)
+    return connection
+
+
+class AsyncpgInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
+    """Breakers and retries for asyncpg (``asyncpg.connect`` and ``Connection``'s queries)."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """The asyncpg versions this patches."""
+        return ("asyncpg >= 0.27",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        import asyncpg  # type: ignore[import-untyped] # noqa: PLC0415
+        import asyncpg.connection  # noqa: PLC0415
+
+        _patches.wrap(asyncpg, "connect", _connect)
+        _patches.wrap(asyncpg.connection, "connect", _connect)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        _patches.restore()
+        _targets.clear()
+        _connections.clear()
