@@ -112,21 +112,60 @@ def instrument(**overrides: object) -> None:
             # database drivers), the one patched last is outermost, and otelres's
             # retry loop must be outside the CLIENT span so that each attempt
             # gets its own span.
-            _enable_opentelemetry(theirs)
+            _enable_opentelemetry(theirs, library)
             instrumentor.instrument(skip_dep_check=True)
             _patched.append(instrumentor)
         _instrumented = True
 
 
-def _enable_opentelemetry(path: str) -> None:
+def _enable_opentelemetry(path: str, library: str) -> None:
     """Turn on OpenTelemetry's own instrumentation of a library, if installed and off."""
     try:
         instrumentor = _load(path)()
     except ImportError:
         return
     if not instrumentor.is_instrumented_by_opentelemetry:
+        keep = _class_methods(library)
         instrumentor.instrument()
-        _patched.append(instrumentor)
+        _patched.append(_Undo(instrumentor, keep))
+
+
+def _class_methods(library: str) -> list[tuple[type, str, object]]:
+    """The classmethods and staticmethods of the library's top-level classes, as stored.
+
+    OpenTelemetry's ``unwrap`` puts a wrapped classmethod back as a method bound
+    to its class (``psycopg.Connection.connect``), so that a subclass's
+    ``connect()`` then builds the base class: what it turned on, otelres puts
+    back exactly.
+    """
+    module = importlib.import_module(library)
+    found: list[tuple[type, str, object]] = []
+    for cls in vars(module).values():
+        if isinstance(cls, type) and cls.__module__.startswith(library):
+            for name, raw in vars(cls).items():
+                # Beneath any wrappers already there (wrapt's proxies pass isinstance checks).
+                base = raw
+                while type(base) not in (classmethod, staticmethod) and hasattr(base, "__wrapped__"):
+                    base = base.__wrapped__
+                if type(base) in (classmethod, staticmethod):
+                    found.append((cls, name, base))
+    return found
+
+
+class _Undo:
+    """An instrumentor otelres turned on, with what its uninstrument must leave as found."""
+
+    def __init__(self, instrumentor: Any, keep: list[tuple[type, str, object]]) -> None:
+        self._instrumentor = instrumentor
+        self._keep = keep
+
+    def uninstrument(self) -> None:
+        self._instrumentor.uninstrument()
+        for cls, name, raw in self._keep:
+            current = vars(cls).get(name)
+            # Only what unwrap left broken: a wrapper still there is someone's to remove.
+            if current is not raw and not hasattr(current, "__wrapped__"):
+                setattr(cls, name, raw)
 
 
 def uninstrument() -> None:
