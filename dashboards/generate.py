@@ -1,0 +1,398 @@
+"""Generate the otelres overview dashboard (Grafana 11.6 schema) with grafana-foundation-sdk.
+
+Every metric and label name in a query comes from ``otelres.telemetry.names``, so the dashboard
+cannot drift from the code. ``python dashboards/generate.py`` rewrites ``otelres-overview.json``
+beside this file; ``--check`` exits 1 if the checked-in file differs from what would be written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from grafana_foundation_sdk.builders import common as common_builder
+from grafana_foundation_sdk.builders import dashboard as dashboard_builder
+from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+
+from otelres.telemetry import names
+
+if TYPE_CHECKING:
+    from grafana_foundation_sdk.cog.builder import Builder
+
+OUTPUT = Path(__file__).resolve().parent / "otelres-overview.json"
+UID = "otelres-overview"
+TITLE = "otelres overview"
+JAEGER_URL_DEFAULT = "http://localhost:16686"
+
+
+def label(attribute: str) -> str:
+    """The Prometheus label the OpenTelemetry exporter makes of an attribute name."""
+    return attribute.replace(".", "_")
+
+
+BREAKER = label(names.ATTR_BREAKER)
+OUTCOME = label(names.ATTR_OUTCOME)
+REASON = label(names.ATTR_RETRY_REASON)
+STATE = label(names.ATTR_STATE)
+FROM_STATE = label(names.ATTR_FROM_STATE)
+TO_STATE = label(names.ATTR_TO_STATE)
+
+CALLS = names.PROMETHEUS[names.CALLS]
+DURATION_BUCKET = names.PROMETHEUS[names.CALL_DURATION] + "_bucket"
+RETRIES = names.PROMETHEUS[names.RETRIES]
+RETRIES_SUPPRESSED = names.PROMETHEUS[names.RETRIES_SUPPRESSED]
+CIRCUIT_STATE = names.PROMETHEUS[names.CIRCUIT_STATE]
+TRANSITIONS = names.PROMETHEUS[names.CIRCUIT_TRANSITIONS]
+
+RATE = "[$__rate_interval]"
+
+#: How each circuit state looks in the timeline, least to most severe: the timeline's value is the
+#: state's position here, so that ``max`` over a breaker's replicas shows the worst of them.
+STATE_COLORS = {
+    "closed": "green",
+    "disabled": "text",
+    "half_open": "yellow",
+    "open": "red",
+    "forced_open": "purple",
+}
+
+
+def one_of(allowed: tuple[str, ...], *values: str) -> str:
+    """A regex matching ``values``, each checked against the closed set it must come from."""
+    unknown = [value for value in values if value not in allowed]
+    if unknown:
+        raise ValueError(f"{unknown} not in {allowed}")
+    return "|".join(values)
+
+
+def selector(metric: str, *matchers: str) -> str:
+    """``metric{job=~"$job", otelres_breaker=~"$breaker", ...}``: every query is filtered by both."""
+    return metric + "{" + ", ".join(['job=~"$job"', f'{BREAKER}=~"$breaker"', *matchers]) + "}"
+
+
+def query(expr: str, legend: str, ref_id: str) -> prometheus.Dataquery:
+    """A range query on the dashboard's datasource variable."""
+    return (
+        prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref_id).range().datasource(DATASOURCE)
+    )
+
+
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+
+def jaeger_link() -> dashboard_builder.DashboardLink:
+    """A data link from a breaker's series to its calls' spans in Jaeger, over the panel's time range."""
+    # Jaeger's tags parameter is URL-encoded JSON: {"otelres.breaker":"<the series' breaker>"}.
+    tags = "%7B%22" + names.ATTR_BREAKER + "%22%3A%22${__field.labels." + BREAKER + ":percentencode}%22%7D"
+    url = (
+        "${jaeger_url}/search?service=${__field.labels.job:percentencode}"
+        f"&tags={tags}"
+        "&lookback=custom&start=${__from}000&end=${__to}000&limit=20"
+    )
+    return (
+        dashboard_builder.DashboardLink("Traces of ${__field.labels." + BREAKER + "} in Jaeger")
+        .url(url)
+        .target_blank(target_blank=True)
+    )
+
+
+def variables() -> list[Builder[model.VariableModel]]:
+    """Datasource, job, breaker (multi-select with All) and the Jaeger address."""
+    all_option = model.VariableOption(selected=True, text="All", value="$__all")
+    datasource = dashboard_builder.DatasourceVariable("datasource").label("Data source").type("prometheus")
+    job = (
+        dashboard_builder.QueryVariable("job")
+        .label("Job")
+        .datasource(DATASOURCE)
+        .query(f"label_values({CIRCUIT_STATE}, job)")
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+        .multi(multi=True)
+        .include_all(include_all=True)
+        .all_value(".*")
+        .current(all_option)
+    )
+    breaker = (
+        dashboard_builder.QueryVariable("breaker")
+        .label("Breaker")
+        .datasource(DATASOURCE)
+        .query(f'label_values({CIRCUIT_STATE}{{job=~"$job"}}, {BREAKER})')
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+        .multi(multi=True)
+        .include_all(include_all=True)
+        .all_value(".*")
+        .current(all_option)
+    )
+    jaeger_url = (
+        dashboard_builder.TextBoxVariable("jaeger_url")
+        .label("Jaeger URL")
+        .description("Where the breakers' data links open Jaeger's trace search.")
+        .default_value(JAEGER_URL_DEFAULT)
+        .current(model.VariableOption(selected=True, text=JAEGER_URL_DEFAULT, value=JAEGER_URL_DEFAULT))
+    )
+    return [datasource, job, breaker, jaeger_url]
+
+
+def thresholds(*steps: tuple[float | None, str]) -> dashboard_builder.ThresholdsConfig:
+    """Absolute thresholds, the first step's value being None (the base)."""
+    return (
+        dashboard_builder.ThresholdsConfig()
+        .mode(model.ThresholdsMode.ABSOLUTE)
+        .steps([model.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def legend() -> common_builder.VizLegendOptions:
+    """A table legend below the graph with the last and the largest value."""
+    return (
+        common_builder.VizLegendOptions()
+        .display_mode(common.LegendDisplayMode.TABLE)
+        .placement(common.LegendPlacement.BOTTOM)
+        .show_legend(show_legend=True)
+        .calcs(["lastNotNull", "max"])
+    )
+
+
+def graph(title: str, description: str, unit: str) -> timeseries.Panel:
+    """A time series panel with the defaults every graph here shares."""
+    return (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .min(0)
+        .fill_opacity(10)
+        .show_points(common.VisibilityMode.NEVER)
+        .legend(legend())
+        .tooltip(common_builder.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI))
+        .height(8)
+        .span(12)
+    )
+
+
+def open_circuits() -> stat.Panel:
+    """How many breakers are open (or forced open) now; 0, not "No data", when none is."""
+    open_states = one_of(names.STATES, "open", "forced_open")
+    is_open = selector(CIRCUIT_STATE, f'{STATE}=~"{open_states}"')
+    expr = f"count({is_open} == 1) or vector(0)"
+    return (
+        stat.Panel()
+        .title("Open circuits")
+        .description("Breakers whose circuit is open or forced open now.")
+        .datasource(DATASOURCE)
+        .with_target(query(expr, "open circuits", "A"))
+        .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]).values(values=False))
+        .graph_mode(common.BigValueGraphMode.AREA)
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .thresholds(thresholds((None, "green"), (1, "red")))
+        .decimals(0)
+        .height(6)
+        .span(6)
+    )
+
+
+def circuit_state() -> statetimeline.Panel:
+    """Each breaker's state over time: a number per state (its severity), mapped back to the name."""
+    if sorted(STATE_COLORS) != sorted(names.STATES):
+        raise ValueError(f"STATE_COLORS {sorted(STATE_COLORS)} must cover names.STATES {names.STATES}")
+    parts = [
+        "(" + selector(CIRCUIT_STATE, f'{STATE}="{state}"') + f" == 1) * {code}"
+        for code, state in enumerate(STATE_COLORS)
+    ]
+    expr = f"max by (job, {BREAKER}) (\n  " + "\n  or ".join(parts) + "\n)"
+    mappings: list[model.ValueMapping] = [
+        model.ValueMap(
+            options={
+                str(code): model.ValueMappingResult(text=state, color=STATE_COLORS[state], index=code)
+                for code, state in enumerate(STATE_COLORS)
+            }
+        )
+    ]
+    return (
+        statetimeline.Panel()
+        .title("Circuit state")
+        .description("Each breaker's circuit state over time. Click a breaker for its traces in Jaeger.")
+        .datasource(DATASOURCE)
+        .with_target(query(expr, "{{" + BREAKER + "}}", "A"))
+        .mappings(mappings)
+        .color_scheme(dashboard_builder.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
+        .thresholds(thresholds((None, "green")))
+        .show_value(common.VisibilityMode.NEVER)
+        .merge_values(merge_values=True)
+        .row_height(0.9)
+        .fill_opacity(80)
+        .line_width(0)
+        .data_links([jaeger_link()])
+        .height(6)
+        .span(18)
+    )
+
+
+def calls_by_outcome() -> timeseries.Panel:
+    """Calls per second by outcome (success, failure, rejected, fallback)."""
+    expr = f"sum by ({OUTCOME}) (rate({selector(CALLS)}{RATE}))"
+    return graph("Calls by outcome", "Logical calls per second, by outcome.", "ops").with_target(
+        query(expr, "{{" + OUTCOME + "}}", "A")
+    )
+
+
+def failure_rate() -> timeseries.Panel:
+    """The share of each breaker's calls that failed or were rejected."""
+    bad = one_of(names.OUTCOMES, "failure", "rejected")
+    by = f"sum by (job, {BREAKER})"
+    failed = selector(CALLS, f'{OUTCOME}=~"{bad}"')
+    expr = f"{by} (rate({failed}{RATE}))\n/\n{by} (rate({selector(CALLS)}{RATE}))"
+    return (
+        graph(
+            "Failure rate by breaker",
+            "Failed and rejected calls as a share of all calls, per breaker. Click a breaker for its traces.",
+            "percentunit",
+        )
+        .max(1)
+        .data_links([jaeger_link()])
+        .with_target(query(expr, "{{" + BREAKER + "}}", "A"))
+    )
+
+
+def retries() -> timeseries.Panel:
+    """Retries per second by reason."""
+    expr = f"sum by ({REASON}) (rate({selector(RETRIES)}{RATE}))"
+    return graph(
+        "Retries per second by reason", "Retries scheduled per second, by reason.", "ops"
+    ).with_target(query(expr, "{{" + REASON + "}}", "A"))
+
+
+def suppressed_retries() -> timeseries.Panel:
+    """Suppressed retries per second by reason (budget, deadline, ...)."""
+    expr = f"sum by ({REASON}) (rate({selector(RETRIES_SUPPRESSED)}{RATE}))"
+    return graph(
+        "Suppressed retries by reason",
+        "Retries that were due but not made (retry budget, deadline, not idempotent, ...), per second.",
+        "ops",
+    ).with_target(query(expr, "{{" + REASON + "}}", "A"))
+
+
+def latency() -> timeseries.Panel:
+    """p50, p95 and p99 of the calls that ran (rejections take no time and are left out)."""
+    rejected = one_of(names.OUTCOMES, "rejected")
+    ran = selector(DURATION_BUCKET, f'{OUTCOME}!="{rejected}"')
+    buckets = f"sum by (le) (rate({ran}{RATE}))"
+    panel = graph(
+        "Call latency p50/p95/p99",
+        "Duration of logical calls (all attempts and delays), without calls rejected by an open circuit.",
+        "s",
+    )
+    for ref_id, quantile in (("A", "0.5"), ("B", "0.95"), ("C", "0.99")):
+        percentile = "p" + quantile.removeprefix("0.").ljust(2, "0")
+        panel = panel.with_target(query(f"histogram_quantile({quantile}, {buckets})", percentile, ref_id))
+    return panel
+
+
+def transitions() -> timeseries.Panel:
+    """Circuit transitions per interval, by breaker and from/to state."""
+    expr = f"sum by ({BREAKER}, {FROM_STATE}, {TO_STATE}) (increase({selector(TRANSITIONS)}{RATE}))"
+    legend_format = "{{" + BREAKER + "}}: {{" + FROM_STATE + "}} → {{" + TO_STATE + "}}"
+    return (
+        graph("Transitions", "Circuit state transitions, by breaker and from/to state.", "short")
+        .draw_style(common.GraphDrawStyle.BARS)
+        .fill_opacity(60)
+        .with_target(query(expr, legend_format, "A"))
+    )
+
+
+def rejected_calls() -> timeseries.Panel:
+    """Calls per second rejected by an open circuit, by breaker."""
+    rejected = one_of(names.OUTCOMES, "rejected")
+    rejections = selector(CALLS, f'{OUTCOME}="{rejected}"')
+    expr = f"sum by (job, {BREAKER}) (rate({rejections}{RATE}))"
+    return (
+        graph(
+            "Rejected calls",
+            "Calls per second rejected by an open circuit (no network attempt made), per breaker.",
+            "ops",
+        )
+        .data_links([jaeger_link()])
+        .with_target(query(expr, "{{" + BREAKER + "}}", "A"))
+        .span(24)
+    )
+
+
+def build() -> model.Dashboard:
+    """The overview dashboard."""
+    board = (
+        dashboard_builder.Dashboard(TITLE)
+        .uid(UID)
+        .description("Circuit breakers and retries of services instrumented with otelres.")
+        .tags(["otelres", "resilience"])
+        .editable()
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .time("now-1h", "now")
+        .refresh("30s")
+        .timezone("browser")
+        .variables(variables())
+        .annotation(
+            dashboard_builder.AnnotationQuery()
+            .name("Annotations & Alerts")
+            .datasource(model.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+            .enable(enable=True)
+            .hide(hide=True)
+            .icon_color("rgba(0, 211, 255, 1)")
+            .type("dashboard")
+            .built_in(1)
+        )
+        .link(
+            dashboard_builder.DashboardLink("Jaeger")
+            .url("${jaeger_url}")
+            .icon("external link")
+            .target_blank(target_blank=True)
+        )
+    )
+    panels = (
+        open_circuits(),
+        circuit_state(),
+        calls_by_outcome(),
+        failure_rate(),
+        retries(),
+        suppressed_retries(),
+        latency(),
+        transitions(),
+        rejected_calls(),
+    )
+    for panel_id, panel in enumerate(panels, start=1):
+        board = board.with_panel(panel.id(panel_id))
+    return board.build()
+
+
+def render() -> str:
+    """The dashboard as JSON: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(build(), cls=JSONEncoder, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the JSON, or with --check report whether the checked-in file is stale."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the checked-in JSON differs")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else None
+        if current != text:
+            print(f"{OUTPUT.name} is stale: run python dashboards/generate.py", file=sys.stderr)
+            return 1
+        print(f"{OUTPUT.name} is up to date")
+        return 0
+    OUTPUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
