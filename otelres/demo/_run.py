@@ -192,7 +192,8 @@ def _prometheus_env(port: int) -> dict[str, str]:
         wanted.append("prometheus")
     return {
         "OTEL_METRICS_EXPORTER": ",".join(wanted),
-        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+        # Loopback unless the environment says otherwise (a container publishing it sets 0.0.0.0).
+        "OTEL_EXPORTER_PROMETHEUS_HOST": env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
         "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
     }
 

@@ -1,0 +1,401 @@
+"""The alerting and stack integrations under integrations/: Prometheus rules and their promtool
+tests, the example Prometheus and Alertmanager configs, Grafana provisioning, compose and Kubernetes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from otelres.telemetry import names
+
+ROOT = Path(__file__).resolve().parents[2]
+INTEGRATIONS = ROOT / "integrations"
+RULES = INTEGRATIONS / "prometheus" / "otelres-alerts.yml"
+RULES_TESTS = INTEGRATIONS / "prometheus" / "otelres-alerts.test.yml"
+PROMETHEUS_CONFIG = INTEGRATIONS / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = INTEGRATIONS / "alertmanager" / "alertmanager.yml"
+GRAFANA = INTEGRATIONS / "grafana" / "provisioning"
+GRAFANA_DATASOURCES = GRAFANA / "datasources" / "otelres.yml"
+GRAFANA_DASHBOARDS = GRAFANA / "dashboards" / "otelres.yml"
+GRAFANA_ALERTS = GRAFANA / "alerting" / "otelres-alerts.yml"
+COMPOSE = INTEGRATIONS / "compose.yaml"
+PROMETHEUS_RULE = INTEGRATIONS / "kubernetes" / "prometheusrule.yaml"
+DEPLOYMENT = INTEGRATIONS / "kubernetes" / "deployment.yaml"
+
+ALERTS = {"OtelresCircuitOpen", "OtelresCircuitFlapping", "OtelresRetryStorm", "OtelresRetryBudgetExhausted"}
+HISTOGRAMS = {names.PROMETHEUS[names.CALL_DURATION], names.PROMETHEUS[names.RETRY_DELAY]}
+SERIES = set(names.PROMETHEUS.values()) | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
+LABELS = {getattr(names, attr).replace(".", "_") for attr in names.__all__ if attr.startswith("ATTR_")}
+GRAFANA_EXPR_UID = "__expr__"
+GRAFANA_EXPR_TYPES = {"math", "reduce", "resample", "classic_conditions", "threshold", "sql"}
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [rule for group in _load(RULES)["groups"] for rule in group["rules"]]
+
+
+def _grafana_rules() -> list[dict[str, Any]]:
+    return [rule for group in _load(GRAFANA_ALERTS)["groups"] for rule in group["rules"]]
+
+
+def _tool(name: str) -> str:
+    """The path of a command-line tool the test needs: missing fails in CI, skips locally."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found (Debian: apt-get install prometheus prometheus-alertmanager)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _run(*command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _metrics_in(expr: str) -> set[str]:
+    """The otelres series an expression reads (labels and functions left out)."""
+    tokens = set(re.findall(r"\botelres_[A-Za-z0-9_]*", expr))
+    return tokens - LABELS
+
+
+def _normalized(expr: str) -> str:
+    return " ".join(expr.split())
+
+
+def test_promtool_check_rules() -> None:
+    """`promtool check rules` accepts the shipped alert rules."""
+    result = _run(_tool("promtool"), "check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout
+
+
+def test_promtool_test_rules() -> None:
+    """`promtool test rules` passes the unit tests of every rule."""
+    result = _run(_tool("promtool"), "test", "rules", str(RULES_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_check_config(tmp_path: Path) -> None:
+    """The example Prometheus config, with its rule file beside it, passes `promtool check config`."""
+    shutil.copy(PROMETHEUS_CONFIG, tmp_path / "prometheus.yml")
+    shutil.copy(RULES, tmp_path / RULES.name)
+    config = _load(PROMETHEUS_CONFIG)
+    assert config["rule_files"] == [RULES.name]
+    result = _run(_tool("promtool"), "check", "config", "prometheus.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout + result.stderr
+
+
+def test_prometheus_config_scrapes_the_demo_and_alerts_to_alertmanager() -> None:
+    """The example Prometheus config scrapes the compose demo and sends alerts to alertmanager:9093."""
+    config = _load(PROMETHEUS_CONFIG)
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert any(t.startswith("demo:") for t in targets)
+    managers = [
+        t for am in config["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]
+    ]
+    assert managers == ["alertmanager:9093"]
+
+
+def test_amtool_check_config() -> None:
+    """The example Alertmanager config passes `amtool check-config` and has a webhook receiver."""
+    result = _run(_tool("amtool"), "check-config", str(ALERTMANAGER_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    receivers = _load(ALERTMANAGER_CONFIG)["receivers"]
+    assert any(r.get("webhook_configs") for r in receivers)
+
+
+def test_rules_are_the_four_alerts_in_group_otelres() -> None:
+    """Group `otelres` holds the four alerts; OtelresCircuitOpen is warning at 1m, critical at 5m."""
+    groups = _load(RULES)["groups"]
+    assert [g["name"] for g in groups] == ["otelres"]
+    rules = _rules()
+    assert {r["alert"] for r in rules} == ALERTS
+    open_rules = {r["labels"]["severity"]: r["for"] for r in rules if r["alert"] == "OtelresCircuitOpen"}
+    assert open_rules == {"warning": "1m", "critical": "5m"}
+    for rule in rules:
+        if rule["alert"] == "OtelresCircuitOpen":
+            assert 'otelres_state=~"open|forced_open"' in rule["expr"]
+
+
+def test_every_alert_has_severity_annotations_and_an_existing_runbook() -> None:
+    """Every rule has a severity, a summary, a description naming the breaker and a runbook that exists."""
+    for rule in _rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        annotations = rule["annotations"]
+        assert annotations["summary"].strip(), name
+        assert "{{ $labels.otelres_breaker }}" in annotations["description"], name
+        runbook = annotations["runbook_url"]
+        assert runbook == f"docs/runbooks/{name}.md", name
+        page = ROOT / runbook
+        assert page.is_file(), f"{name}: {runbook} does not exist"
+        text = page.read_text()
+        assert text.startswith(f"# {name}\n"), runbook
+        for section in ("## What it means", "## How to check", "## What to do"):
+            assert section in text, f"{runbook} lacks {section}"
+
+
+def test_rules_read_only_otelres_series() -> None:
+    """The rule expressions read only series of names.PROMETHEUS."""
+    for rule in _rules():
+        used = _metrics_in(rule["expr"])
+        assert used, rule["alert"]
+        assert used <= SERIES, f"{rule['alert']}: unknown series {used - SERIES}"
+
+
+def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
+    """The promtool tests check every alert both firing and not firing, on exact otelres series."""
+    tests = _load(RULES_TESTS)
+    assert tests["rule_files"] == [RULES.name]
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for case in tests["tests"]:
+        for series in case["input_series"]:
+            metric = series["series"].split("{", 1)[0]
+            assert metric in SERIES, metric
+            labels = set(re.findall(r"(\w+)=", series["series"]))
+            assert labels <= LABELS | {"job"}, labels
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else silent).add(check["alertname"])
+    assert firing == ALERTS
+    assert silent == ALERTS
+    severities = {
+        alert["exp_labels"]["severity"]
+        for case in tests["tests"]
+        for check in case.get("alert_rule_test", [])
+        if check["alertname"] == "OtelresCircuitOpen"
+        for alert in check.get("exp_alerts") or []
+    }
+    assert severities == {"warning", "critical"}
+
+
+def test_prometheusrule_groups_equal_the_rules_file() -> None:
+    """The Kubernetes PrometheusRule carries exactly the groups of otelres-alerts.yml."""
+    resource = _load(PROMETHEUS_RULE)
+    assert resource["apiVersion"] == "monitoring.coreos.com/v1"
+    assert resource["kind"] == "PrometheusRule"
+    assert resource["metadata"]["name"]
+    assert resource["spec"]["groups"] == _load(RULES)["groups"]
+
+
+def test_kubernetes_deployment_probes() -> None:
+    """The Deployment example probes liveness on /livez and readiness on /readyz."""
+    documents = [d for d in yaml.safe_load_all(DEPLOYMENT.read_text()) if d]
+    deployments = [d for d in documents if d["kind"] == "Deployment"]
+    assert len(deployments) == 1
+    deployment = deployments[0]
+    assert deployment["apiVersion"] == "apps/v1"
+    spec = deployment["spec"]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"]["port"] in ports
+    assert container["readinessProbe"]["httpGet"]["port"] in ports
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["OTEL_EXPORTER_PROMETHEUS_HOST"] == "0.0.0.0"  # noqa: S104 - a pod must be scraped
+
+
+def test_grafana_datasources() -> None:
+    """The datasources file provisions Prometheus (uid prometheus) and Jaeger (uid jaeger)."""
+    provisioning = _load(GRAFANA_DATASOURCES)
+    assert provisioning["apiVersion"] == 1
+    by_uid = {d["uid"]: d for d in provisioning["datasources"]}
+    assert by_uid.keys() == {"prometheus", "jaeger"}
+    assert (by_uid["prometheus"]["type"], by_uid["prometheus"]["url"]) == (
+        "prometheus",
+        "http://prometheus:9090",
+    )
+    assert (by_uid["jaeger"]["type"], by_uid["jaeger"]["url"]) == ("jaeger", "http://jaeger:16686")
+    for source in provisioning["datasources"]:
+        assert source["name"]
+        assert source["access"] == "proxy"
+
+
+def test_grafana_dashboard_provider_reads_the_compose_mount() -> None:
+    """The dashboard provider is a file provider on the directory compose mounts ../dashboards at."""
+    provisioning = _load(GRAFANA_DASHBOARDS)
+    assert provisioning["apiVersion"] == 1
+    (provider,) = provisioning["providers"]
+    assert provider["type"] == "file"
+    assert provider["name"]
+    path = provider["options"]["path"]
+    mounts = _load(COMPOSE)["services"]["grafana"]["volumes"]
+    assert f"../dashboards:{path}:ro" in mounts
+
+
+def test_grafana_alert_rules_follow_the_provisioning_format() -> None:
+    """Each Grafana alert rule has the keys provisioning requires; its condition is a refId of its data."""
+    provisioning = _load(GRAFANA_ALERTS)
+    assert provisioning["apiVersion"] == 1
+    uids: list[str] = []
+    titles: list[str] = []
+    for group in provisioning["groups"]:
+        assert {"orgId", "name", "folder", "interval", "rules"} <= group.keys()
+        assert re.fullmatch(r"\d+[smh]", group["interval"])
+        for rule in group["rules"]:
+            assert {"uid", "title", "condition", "data", "for", "labels", "annotations"} <= rule.keys()
+            assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", rule["uid"]), rule["uid"]
+            assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["title"]
+            uids.append(rule["uid"])
+            titles.append(rule["title"])
+            refs = [query["refId"] for query in rule["data"]]
+            assert len(refs) == len(set(refs)), rule["title"]
+            assert rule["condition"] in refs, rule["title"]
+            for query in rule["data"]:
+                assert {"refId", "datasourceUid", "model"} <= query.keys()
+                assert query["model"]["refId"] == query["refId"]
+                if query["datasourceUid"] == GRAFANA_EXPR_UID:
+                    assert query["model"]["type"] in GRAFANA_EXPR_TYPES
+                    assert query["model"]["expression"].lstrip("$") in refs
+                else:
+                    assert {"from", "to"} <= query["relativeTimeRange"].keys()
+                    assert query["relativeTimeRange"]["from"] > query["relativeTimeRange"]["to"]
+                    assert query["model"]["expr"]
+            condition = next(q for q in rule["data"] if q["refId"] == rule["condition"])
+            assert condition["datasourceUid"] == GRAFANA_EXPR_UID
+            assert condition["model"]["type"] in {"math", "threshold"}
+    assert len(uids) == len(set(uids))
+    assert len(titles) == len(set(titles))
+
+
+def test_grafana_alert_rules_use_provisioned_datasources() -> None:
+    """Every datasource uid the Grafana alert rules query is provisioned (or is Grafana's expressions)."""
+    provisioned = {d["uid"] for d in _load(GRAFANA_DATASOURCES)["datasources"]}
+    used = {query["datasourceUid"] for rule in _grafana_rules() for query in rule["data"]}
+    assert "prometheus" in used
+    assert used <= provisioned | {GRAFANA_EXPR_UID}, used - provisioned
+
+
+def test_grafana_alert_queries_read_only_otelres_series() -> None:
+    """The Grafana alert rules' Prometheus queries read only series of names.PROMETHEUS."""
+    for rule in _grafana_rules():
+        for query in rule["data"]:
+            if query["datasourceUid"] == GRAFANA_EXPR_UID:
+                continue
+            used = _metrics_in(query["model"]["expr"])
+            assert used, rule["title"]
+            assert used <= SERIES, f"{rule['title']}: unknown series {used - SERIES}"
+
+
+def test_grafana_alert_rules_match_the_prometheus_rules() -> None:
+    """Each Prometheus rule has a Grafana rule with its query, threshold, `for`, severity and runbook."""
+    grafana = _grafana_rules()
+    for rule in _rules():
+        expr = _normalized(rule["expr"])
+        matches = [
+            g
+            for g in grafana
+            if g["annotations"]["runbook_url"] == rule["annotations"]["runbook_url"]
+            and g["for"] == rule["for"]
+            and g["labels"]["severity"] == rule["labels"]["severity"]
+        ]
+        assert len(matches) == 1, (
+            f"{rule['alert']} {rule['labels']['severity']}: {len(matches)} Grafana rules"
+        )
+        (match,) = matches
+        assert match["title"].startswith(rule["alert"])
+        (query,) = [q for q in match["data"] if q["datasourceUid"] == "prometheus"]
+        promql = _normalized(query["model"]["expr"])
+        assert expr.startswith(promql), (expr, promql)
+        comparison = re.fullmatch(r"\s*(>|==)\s*([0-9.]+)", expr[len(promql) :])
+        assert comparison, expr
+        (threshold,) = [q for q in match["data"] if q["model"].get("type") == "threshold"]
+        (condition,) = threshold["model"]["conditions"]
+        evaluator = condition["evaluator"]
+        operator, value = comparison.group(1), float(comparison.group(2))
+        if operator == ">":
+            assert evaluator == {"type": "gt", "params": [value]}
+        else:  # `== 1` on a 0/1 gauge
+            assert evaluator["type"] == "gt"
+            assert 0 < evaluator["params"][0] < value
+    assert len(grafana) == len(_rules())
+
+
+def test_compose_defines_the_stack() -> None:
+    """compose.yaml defines jaeger, prometheus, alertmanager, grafana and demo with their ports."""
+    services = _load(COMPOSE)["services"]
+    assert services.keys() == {"jaeger", "prometheus", "alertmanager", "grafana", "demo"}
+
+    def published(service: str) -> set[str]:
+        return {str(p).split(":")[-1] for p in services[service].get("ports", [])}
+
+    assert published("jaeger") == {"4317", "4318", "16686"}
+    assert services["jaeger"]["image"].startswith("jaegertracing/all-in-one")
+    assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert published("prometheus") == {"9090"}
+    assert published("alertmanager") == {"9093"}
+    assert published("grafana") == {"3000"}
+    grafana_env = services["grafana"]["environment"]
+    assert grafana_env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert grafana_env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Admin"
+    demo = services["demo"]
+    assert demo["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    dockerfile = (COMPOSE.parent / demo["build"]["context"] / demo["build"]["dockerfile"]).resolve()
+    assert dockerfile.is_file()
+    command = dockerfile.read_text()
+    assert "otelres demo --prometheus-port 9464 --duration 3600" in command
+    # Prometheus scrapes the port the demo container exposes
+    scraped = {
+        t.split(":")[1]
+        for job in _load(PROMETHEUS_CONFIG)["scrape_configs"]
+        for sc in job["static_configs"]
+        for t in sc["targets"]
+        if t.startswith("demo:")
+    }
+    assert scraped == {str(p) for p in demo["expose"]}
+    assert f"TCP-LISTEN:{scraped.pop()}," in command
+
+
+def test_compose_mounts_exist_in_the_repo() -> None:
+    """Every bind mount of compose.yaml exists in the repository and lands where the configs expect."""
+    services = _load(COMPOSE)["services"]
+    targets: dict[str, str] = {}
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source, target, *_ = volume.split(":")
+            assert source.startswith("."), volume
+            assert (COMPOSE.parent / source).exists(), f"{source} does not exist"
+            targets[target] = source
+    assert targets["/etc/prometheus/prometheus.yml"] == "./prometheus/prometheus.yml"
+    # prometheus.yml's relative rule_files resolve next to it
+    assert targets["/etc/prometheus/otelres-alerts.yml"] == "./prometheus/otelres-alerts.yml"
+    assert targets["/etc/alertmanager/alertmanager.yml"] == "./alertmanager/alertmanager.yml"
+    assert targets["/etc/grafana/provisioning"] == "./grafana/provisioning"
+    assert targets["/var/lib/grafana/dashboards/otelres"] == "../dashboards"
+    assert list((COMPOSE.parent / "../dashboards").glob("*.json")), "no dashboard to provision"
+
+
+def _compose_command() -> list[str]:
+    docker = shutil.which("docker")
+    if docker and _run(docker, "compose", "version").returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy]
+    message = "neither `docker compose` nor docker-compose found (Debian: apt-get install docker-compose)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def test_compose_config_validates() -> None:
+    """`docker compose config -q` (or Debian's docker-compose) accepts compose.yaml."""
+    result = _run(*_compose_command(), "-f", str(COMPOSE), "config", "-q", cwd=INTEGRATIONS)
+    assert result.returncode == 0, result.stdout + result.stderr
