@@ -7,10 +7,11 @@ the only code that waits; every decision is :class:`otelres._flow.Flow`'s.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import random as _random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from . import _hooks
@@ -302,26 +303,26 @@ class Resilience:
         goes on after the backoff; the last one propagates. A block has no
         result, so result predicates and fallbacks do not apply here.
         """
-        if not self.enabled:
-            yield Attempt(None)
-            return
-        flow = Flow(self, (), {})
-        try:
-            while flow.admit():
-                attempt = Attempt(flow)
-                yield attempt
-                step = attempt.step
-                if step is DONE or step is RERAISE:
-                    return
-                if testing_state.sleep:
-                    self.clock.sleep(step)  # type: ignore[arg-type] # a delay, by elimination
-            if flow.outcome == "rejected":
-                raise flow.rejection
-        finally:
-            flow.close()
+        with contextlib.closing(self._blocks()) as blocks:  # closed (the flow too) however the loop ends
+            for item in blocks:
+                if isinstance(item, Attempt):
+                    yield item
+                elif testing_state.sleep:
+                    self.clock.sleep(item)
 
     async def aattempts(self) -> AsyncIterator[Attempt]:
         """The async :meth:`attempts`: ``async for attempt in res.aattempts(): with attempt: ...``."""
+        with contextlib.closing(self._blocks()) as blocks:
+            for item in blocks:
+                if isinstance(item, Attempt):
+                    yield item
+                elif testing_state.sleep:
+                    await self.clock.asleep(item)
+
+    def _blocks(self) -> Generator[Attempt | float, None, None]:
+        """The one loop behind both: yields each attempt, then the delay to wait
+        before the next (the drivers above do the waiting, sync or async).
+        """
         if not self.enabled:
             yield Attempt(None)
             return
@@ -333,8 +334,7 @@ class Resilience:
                 step = attempt.step
                 if step is DONE or step is RERAISE:
                     return
-                if testing_state.sleep:
-                    await self.clock.asleep(step)  # type: ignore[arg-type]
+                yield step  # type: ignore[misc] # a delay, by elimination
             if flow.outcome == "rejected":
                 raise flow.rejection
         finally:
