@@ -358,6 +358,8 @@ class Flow:
         self.value = value
         self.outcome = "fallback"
         self.error = None
+        if _hooks.listeners:
+            _hooks.emit_fallback(self.res.breaker.name, type(error).__name__)
         return True
 
     def _cache_key(self) -> Hashable | None:

@@ -106,6 +106,9 @@ class Listener:
     def on_exhausted(self, breaker: str, attempts: int, reason: str) -> None:
         """A call used all its ``attempts`` (more than one) and the last failed for ``reason``."""
 
+    def on_fallback(self, breaker: str, reason: str) -> None:
+        """A call returned its fallback instead of the error ``reason`` (an exception's type name)."""
+
     def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:
         """A logical call ended (per-call listeners only): ``outcome`` is success,
         failure, rejected or fallback.
@@ -218,3 +221,12 @@ def emit_exhausted(breaker: str, attempts: int, reason: str) -> None:
             listener.on_exhausted(breaker, attempts, reason)
         except Exception as exc:  # noqa: BLE001
             _failed("on_exhausted", exc)
+
+
+def emit_fallback(breaker: str, reason: str) -> None:
+    """Tell every listener that a call returned its fallback."""
+    for listener in listeners:
+        try:
+            listener.on_fallback(breaker, reason)
+        except Exception as exc:  # noqa: BLE001
+            _failed("on_fallback", exc)

@@ -1,0 +1,260 @@
+"""The request logic the WSGI and ASGI middlewares share, without any I/O.
+
+Each middleware is a thin driver: it asks :class:`Server` what to do with a
+request (answer a probe, or run the app under a deadline), and turns a
+:class:`~otelres.CircuitOpenError` into the 503 response :func:`circuit_open_response`
+builds. Nothing here reads a socket, awaits or sleeps.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import http
+import json
+import logging
+import math
+import threading
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from ._errors import ConfigError
+from ._hooks import Listener, add_listener
+
+if TYPE_CHECKING:
+    from ._errors import CircuitOpenError
+
+__all__ = [
+    "DEGRADED",
+    "ReadinessLike",
+    "ReportLike",
+    "Response",
+    "Server",
+    "circuit_open_response",
+    "degraded_header",
+    "note_degraded",
+    "parse_deadline",
+    "status_line",
+]
+
+_log = logging.getLogger("otelres.server")
+
+#: A response the middleware answers on its own: status, headers, body.
+Response = tuple[int, list[tuple[str, str]], bytes]
+
+#: The breaker names that fell back while handling the current request, or None
+#: outside a request. The middleware sets a fresh set per request; the set is
+#: shared (not copied) with tasks and threads started from the request's context.
+DEGRADED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("otelres_degraded", default=None)
+
+_JSON = ("Content-Type", "application/json")
+
+
+class ReportLike(Protocol):
+    """What the middleware needs of ``otelres.health.Report``."""
+
+    @property
+    def http_status(self) -> int:
+        """503 when the report fails, else 200."""
+        ...
+
+    def to_json(self) -> bytes:
+        """The JSON body."""
+        ...
+
+    def to_text(self, verbose: bool) -> str:
+        """The Kubernetes-style text form."""
+        ...
+
+
+class ReadinessLike(Protocol):
+    """What the middleware needs of ``otelres.health.Readiness``."""
+
+    async def evaluate(self) -> ReportLike:
+        """Run the checks (async servers)."""
+        ...
+
+    def evaluate_sync(self) -> ReportLike:
+        """Run the checks (sync servers)."""
+        ...
+
+
+class _DegradedListener(Listener):
+    """Notes every fallback in the request being handled (an event listener:
+    it costs the fast path nothing; a fallback never takes the fast path).
+    """
+
+    def on_fallback(self, breaker: str, reason: str) -> None:  # noqa: ARG002 - the interface
+        note_degraded(breaker)
+
+
+_degraded_listener = _DegradedListener()
+
+
+def listen_for_fallbacks() -> None:
+    """Register the one listener that feeds ``X-Degraded`` (idempotent)."""
+    add_listener(_degraded_listener)
+
+
+def note_degraded(breaker: str) -> None:
+    """Record that ``breaker``'s call fell back while handling the current request
+    (no-op outside a request).
+    """
+    names = DEGRADED.get()
+    if names is not None:
+        names.add(breaker)
+
+
+def degraded_header(names: set[str] | None) -> tuple[str, str] | None:
+    """The ``X-Degraded`` header naming the breakers that fell back, or None."""
+    if not names:
+        return None
+    return ("X-Degraded", ",".join(sorted(names)))
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """The seconds a deadline header asks for: a finite number > 0, else None."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds
+
+
+def status_line(status: int) -> str:
+    """``503`` -> ``"503 Service Unavailable"`` (WSGI's form)."""
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def circuit_open_response(error: CircuitOpenError) -> Response:
+    """The 503 answer to a request that failed fast on an open circuit.
+
+    ``Retry-After`` is the whole seconds until the breaker probes again, at least
+    1; the JSON body names the dependency and repeats that figure.
+    """
+    retry_after = max(1, math.ceil(error.retry_after))
+    body = json.dumps(
+        {"error": "dependency unavailable", "dependency": error.breaker, "retry_after": retry_after}
+    ).encode()
+    headers = [_JSON, ("Retry-After", str(retry_after)), ("Content-Length", str(len(body)))]
+    return 503, headers, body
+
+
+def _probe_response(body: bytes, status: int, content_type: str) -> Response:
+    headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+    ]
+    return status, headers, body
+
+
+def _check_seconds(key: str, value: float | None, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(key, value, "a number of seconds > 0" + (" or None" if optional else ""))
+
+
+class Server:
+    """The decisions of one middleware instance: probes, deadlines, the 503 mapping."""
+
+    def __init__(
+        self,
+        *,
+        readiness: ReadinessLike | None,
+        live_path: str,
+        ready_path: str,
+        deadline: float | None,
+        deadline_header: str | None,
+        max_deadline: float,
+    ) -> None:
+        _check_seconds("deadline", deadline, optional=True)
+        _check_seconds("max_deadline", max_deadline, optional=False)
+        for key, path in (("live_path", live_path), ("ready_path", ready_path)):
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ConfigError(key, path, "a path starting with '/'")
+        self._readiness = readiness
+        self.live_path = live_path
+        self.ready_path = ready_path
+        self.deadline = deadline
+        self.max_deadline = float(max_deadline)
+        self.header = deadline_header
+        #: The header's key in a WSGI environ (``HTTP_X_REQUEST_TIMEOUT``) and in an ASGI scope.
+        self.environ_key = (
+            None if deadline_header is None else "HTTP_" + deadline_header.upper().replace("-", "_")
+        )
+        self.asgi_key = None if deadline_header is None else deadline_header.lower().encode("latin-1")
+        self._lock = threading.Lock()
+        #: How many requests carried a malformed or non-positive deadline header (ignored).
+        self.malformed_headers = 0
+        listen_for_fallbacks()
+
+    @property
+    def readiness(self) -> ReadinessLike:
+        """The readiness given, else a default one (breaker states only), built on first use."""
+        if self._readiness is None:
+            from .health import Readiness  # noqa: PLC0415 - lazily: health may pull optional clients
+
+            self._readiness = Readiness()
+        return self._readiness
+
+    def probe(self, method: str, path: str) -> Literal["live", "ready"] | None:
+        """Which probe a request is, if any (GET only)."""
+        if method != "GET":
+            return None
+        if path == self.live_path:
+            return "live"
+        if path == self.ready_path:
+            return "ready"
+        return None
+
+    def live_response(self) -> Response:
+        """The liveness answer: the process answers; no check runs."""
+        from .health import liveness_report  # noqa: PLC0415
+
+        report = liveness_report()
+        return _probe_response(report.to_json(), report.http_status, "application/json")
+
+    def ready_response(self, report: ReportLike, query: str) -> Response:
+        """The readiness answer: JSON, or text with ``?verbose``."""
+        if _verbose(query):
+            return _probe_response(
+                report.to_text(True).encode(),  # noqa: FBT003 - health.Report's signature
+                report.http_status,
+                "text/plain; charset=utf-8",
+            )
+        return _probe_response(report.to_json(), report.http_status, "application/json")
+
+    def deadline_for(self, header: str | None) -> float | None:
+        """The request's deadline in seconds: the least of the configured one, the
+        header's (when valid) and ``max_deadline``; None when neither is set.
+        """
+        asked = parse_deadline(header)
+        if asked is None and header is not None:
+            with self._lock:
+                self.malformed_headers += 1
+            _log.debug("ignored %s header %r: not a number of seconds > 0", self.header, header[:64])
+        configured = self.deadline
+        if asked is None:
+            if configured is None:
+                return None
+            return min(configured, self.max_deadline)
+        if configured is not None and configured < asked:
+            asked = configured
+        return min(asked, self.max_deadline)
+
+    def log_rejected(self, error: CircuitOpenError) -> None:
+        """One warning line for a request answered 503 (no traceback)."""
+        _log.warning(
+            "answered 503: circuit %r is open (retry after %.1f s)", error.breaker, error.retry_after
+        )
+
+
+def _verbose(query: str) -> bool:
+    return any(part.partition("=")[0] == "verbose" for part in query.split("&"))
