@@ -11,6 +11,7 @@ from ._budget import RetryBudget
 from ._clock import Clock, MonotonicClock
 from ._config import Settings, configure, load_settings
 from ._deadline import deadline, time_left
+from ._degrade import degrade
 from ._errors import CircuitOpenError, ConfigError, OtelresError, RetryError
 from ._fallback import Fallback
 from ._flow import current_attempt
@@ -47,6 +48,7 @@ __all__ = [
     "current_attempt",
     "deadline",
     "default_registry",
+    "degrade",
     "instrument",
     "load_settings",
     "parse_retry_after",

@@ -61,6 +61,10 @@ INTEGRATIONS: dict[str, tuple[str, str, str]] = {
         "otelres.instrumentation.redis:RedisInstrumentor",
         "opentelemetry.instrumentation.redis:RedisInstrumentor",
     ),
+    # Flask, Django and Starlette answer CircuitOpenError with the middleware's 503 themselves
+    # (they catch a view's exception before an outer middleware could); each is patched when
+    # imported, so this needs no library of its own, and has no OpenTelemetry counterpart.
+    "otelres_frameworks": ("otelres", "otelres.instrumentation.frameworks:FrameworksInstrumentor", ""),
 }
 
 _lock = threading.Lock()
@@ -120,6 +124,8 @@ def instrument(**overrides: object) -> None:
 
 def _enable_opentelemetry(path: str, library: str) -> None:
     """Turn on OpenTelemetry's own instrumentation of a library, if installed and off."""
+    if not path:
+        return
     try:
         instrumentor = _load(path)()
     except ImportError:

@@ -31,11 +31,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
 __all__ = [
+    "DEADLINE_EXCEEDED",
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
     "TARGETS",
     "HttpTargets",
     "breaker_name",
+    "cap_timeout",
     "no_retry_reason",
     "retry_unsafe",
 ]
@@ -43,6 +45,9 @@ __all__ = [
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: The message of the timeout raised for an attempt the request's deadline leaves no time for.
+DEADLINE_EXCEEDED = "otelres: request deadline exceeded"
 
 _UNSAFE_OK: contextvars.ContextVar[bool] = contextvars.ContextVar("otelres_retry_unsafe", default=False)
 
@@ -73,6 +78,17 @@ def breaker_name(url: str) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port or _DEFAULT_PORTS[scheme]}"
+
+
+def cap_timeout(value: object, left: float) -> object:
+    """A client timeout (seconds, None for unbounded) shrunk to ``left`` seconds;
+    a value of another kind (a library's own timeout object) is returned as is.
+    """
+    if value is None:
+        return left
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return min(float(value), left)
+    return value
 
 
 def no_retry_reason(

@@ -5,6 +5,11 @@
 makes its CLIENT span; httpcore's connection pool, below that span, is where
 retries are marked with ``http.request.resend_count``. A request whose body is
 a stream (a generator, a file) is not replayable and is never retried.
+
+Under a request deadline (:func:`otelres.deadline`), each attempt's timeouts
+(``request.extensions["timeout"]``: connect, read, write, pool) are shrunk to
+the time left, and a call with no time left is not made: it raises
+``httpx.TimeoutException``.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
+from otelres._deadline import time_left
+
 from ._common import acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import TARGETS
+from ._http import DEADLINE_EXCEEDED, TARGETS, cap_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -30,25 +37,98 @@ def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | Non
         return None
     import httpx  # noqa: PLC0415
 
-    request = args[0] if args else kwargs.get("request")
+    request = _request_of(args, kwargs)
     if not isinstance(request, httpx.Request):
         return None
     replayable = isinstance(request.stream, httpx.ByteStream)
     return TARGETS.plan(str(request.url), request.method, request.headers, replayable)
 
 
+def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("request")
+
+
+def _deadline_exceeded(request: Any) -> Exception:
+    import httpx  # noqa: PLC0415
+
+    return httpx.TimeoutException(DEADLINE_EXCEEDED, request=request)
+
+
+class _Capping:
+    """Caps the timeouts of one request to the time left, attempt by attempt.
+
+    The request object is shared by every attempt (and by the redirects it
+    leads to, which copy its extensions); its own extensions come back after
+    the call.
+    """
+
+    __slots__ = ("extensions", "request", "timeouts")
+
+    def __init__(self, instance: Any, request: Any) -> None:
+        self.request = request
+        self.extensions: dict[str, Any] = request.extensions
+        found = self.extensions.get("timeout")
+        # Absent, ``send`` would use the client's timeout: the same starting point.
+        self.timeouts: dict[str, Any] = dict(found if isinstance(found, dict) else instance.timeout.as_dict())
+
+    def apply(self) -> None:
+        """Before an attempt: cap its timeouts, or raise if no time is left."""
+        left = time_left()
+        if left is None:
+            return
+        if left <= 0:
+            raise _deadline_exceeded(self.request)
+        capped = {key: cap_timeout(value, left) for key, value in self.timeouts.items()}
+        self.request.extensions = {**self.extensions, "timeout": capped}
+
+    def restore(self) -> None:
+        """After the call: the request's own extensions again."""
+        self.request.extensions = self.extensions
+
+
 def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     plan = _plan(args, kwargs)
     if plan is None:
         return wrapped(*args, **kwargs)
-    return call_inside(*plan, wrapped, args, kwargs)
+    left = time_left()
+    if left is None:
+        return call_inside(*plan, wrapped, args, kwargs)
+    request = _request_of(args, kwargs)
+    if left <= 0:
+        # No attempt fits: the destination is not contacted, so its breaker is not told.
+        raise _deadline_exceeded(request)
+    capping = _Capping(instance, request)
+
+    def attempt(*call_args: Any, **call_kwargs: Any) -> Any:
+        capping.apply()
+        return wrapped(*call_args, **call_kwargs)
+
+    try:
+        return call_inside(*plan, attempt, args, kwargs)
+    finally:
+        capping.restore()
 
 
 async def _asend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     plan = _plan(args, kwargs)
     if plan is None:
         return await wrapped(*args, **kwargs)
-    return await acall_inside(*plan, wrapped, args, kwargs)
+    left = time_left()
+    if left is None:
+        return await acall_inside(*plan, wrapped, args, kwargs)
+    request = _request_of(args, kwargs)
+    if left <= 0:
+        raise _deadline_exceeded(request)
+    capping = _Capping(instance, request)
+
+    async def attempt(*call_args: Any, **call_kwargs: Any) -> Any:
+        capping.apply()
+        return await wrapped(*call_args, **call_kwargs)
+
+    try:
+        return await acall_inside(*plan, attempt, args, kwargs)
+    finally:
+        capping.restore()
 
 
 class HttpxInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base

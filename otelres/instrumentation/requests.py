@@ -5,6 +5,10 @@ requests instrumentation makes its CLIENT span, so every attempt gets its own
 CLIENT span under the call's INTERNAL span, whichever was installed first; a
 wrapper on ``HTTPAdapter.send`` (below that span) marks the retries with
 ``http.request.resend_count``.
+
+Under a request deadline (:func:`otelres.deadline`), each attempt's ``timeout``
+is shrunk to the time left, and a call with no time left is not made: it raises
+``requests.exceptions.Timeout``.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
+from otelres._deadline import time_left
+
 from ._common import call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import TARGETS
+from ._http import DEADLINE_EXCEEDED, TARGETS, cap_timeout
 
 __all__ = ["RequestsInstrumentor"]
 
@@ -38,6 +44,43 @@ def _replayable(kwargs: Mapping[str, Any]) -> bool:
     return True
 
 
+#: The position of ``timeout`` among ``Session.request``'s arguments (after ``self``).
+_TIMEOUT_POSITION = 8
+
+
+def _capped(timeout: Any, left: float) -> Any:
+    """``timeout`` (seconds, None, or a (connect, read) pair) shrunk to ``left`` seconds."""
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        return (cap_timeout(timeout[0], left), cap_timeout(timeout[1], left))
+    return cap_timeout(timeout, left)
+
+
+def _deadline_exceeded() -> Exception:
+    import requests  # noqa: PLC0415 - imported by whoever called Session.request
+
+    return requests.exceptions.Timeout(DEADLINE_EXCEEDED)
+
+
+def _within_deadline(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``wrapped``, made to cap each attempt's timeout to the time left when it starts."""
+    positional = len(args) > _TIMEOUT_POSITION
+    timeout = args[_TIMEOUT_POSITION] if positional else kwargs.get("timeout")
+
+    def attempt(*call_args: Any, **call_kwargs: Any) -> Any:
+        left = time_left()
+        if left is not None:
+            if left <= 0:
+                raise _deadline_exceeded()
+            capped = _capped(timeout, left)
+            if positional:
+                call_args = (*call_args[:_TIMEOUT_POSITION], capped, *call_args[_TIMEOUT_POSITION + 1 :])
+            else:
+                call_kwargs["timeout"] = capped
+        return wrapped(*call_args, **call_kwargs)
+
+    return attempt
+
+
 def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if not should_wrap():
         return wrapped(*args, **kwargs)
@@ -47,7 +90,13 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     plan = TARGETS.plan(str(named.get("url", "")), str(named.get("method", "")), headers, _replayable(named))
     if plan is None:
         return wrapped(*args, **kwargs)
-    return call_inside(*plan, wrapped, args, kwargs)
+    left = time_left()
+    if left is None:
+        return call_inside(*plan, wrapped, args, kwargs)
+    if left <= 0:
+        # No attempt fits: the destination is not contacted, so its breaker is not told.
+        raise _deadline_exceeded()
+    return call_inside(*plan, _within_deadline(wrapped, args, kwargs), args, kwargs)
 
 
 class RequestsInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base

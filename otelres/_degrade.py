@@ -1,0 +1,116 @@
+"""Handler-level graceful degradation: a decorator that answers with cached,
+default or partial data when a dependency is down.
+
+The part of a page that depends on a failing service (recommendations, say)
+is replaced by its fallback; the rest of the response is served as usual, and
+the ``X-Degraded`` header of the server middleware names the part that fell
+back. Only the errors named by ``on`` are replaced: by default an open circuit
+and exhausted retries. A cancellation or an interpreter exit is never one.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from . import _hooks
+from ._errors import CircuitOpenError, ConfigError, RetryError
+from ._server import note_degraded
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["degrade"]
+
+_F = TypeVar("_F", bound="Callable[..., Any]")
+
+
+def _matcher(on: object) -> Callable[[Exception], bool]:
+    """``on`` as a predicate on the error."""
+    if isinstance(on, type) and issubclass(on, BaseException):
+        return lambda exc: isinstance(exc, on)
+    if isinstance(on, tuple) and on and all(isinstance(c, type) and issubclass(c, BaseException) for c in on):
+        classes = cast("tuple[type[BaseException], ...]", on)
+        return lambda exc: isinstance(exc, classes)
+    if callable(on):
+        return lambda exc: bool(on(exc))
+    raise ConfigError("degrade.on", on, "an exception class, a tuple of them, or a predicate on the error")
+
+
+def _part(name: str | None, exc: Exception, fn: Callable[..., Any]) -> str:
+    """The degraded part's name: the one given, else the error's breaker, else the function's."""
+    if name is not None:
+        return name
+    breaker = getattr(exc, "breaker", None)
+    if isinstance(breaker, str) and breaker:
+        return breaker
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "degraded"))
+
+
+def _report(part: str, exc: Exception) -> None:
+    """Note the part in the current response's ``X-Degraded`` and tell the listeners."""
+    note_degraded(part)
+    if _hooks.listeners:
+        _hooks.emit_fallback(part, type(exc).__name__)
+
+
+def degrade(
+    fallback: object,
+    *,
+    on: object = (CircuitOpenError, RetryError),
+    name: str | None = None,
+) -> Callable[[_F], _F]:
+    """Decorate a function (sync or async) to return ``fallback`` instead of raising
+    one of the errors ``on`` matches.
+
+    ``fallback`` is a value, or a callable taking the error (for an async function
+    it may be async; a callable *value* must be wrapped: ``lambda _exc: value``).
+    ``on`` is an exception class, a tuple of them, or a predicate on the error;
+    by default :class:`~otelres.CircuitOpenError` and :class:`~otelres.RetryError`.
+    The part is named ``name``, else by the error's breaker, else by the
+    function's ``__qualname__``: it goes into the request's ``X-Degraded`` header
+    and to the listeners' ``on_fallback``. Only :class:`Exception` is ever
+    replaced: never a cancellation, ``KeyboardInterrupt`` or ``SystemExit``.
+    """
+    matches = _matcher(on)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError("degrade.name", name, "a non-empty string or None")
+    compute = callable(fallback)
+    async_fallback = compute and inspect.iscoroutinefunction(fallback)
+
+    def decorate(fn: _F) -> _F:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def adegraded(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception as exc:
+                    if not matches(exc):
+                        raise
+                    result = cast("Callable[[Exception], Any]", fallback)(exc) if compute else fallback
+                    if inspect.isawaitable(result):
+                        result = await result
+                    _report(_part(name, exc, fn), exc)
+                    return result
+
+            return cast("_F", adegraded)
+
+        if async_fallback:
+            raise ConfigError("degrade.fallback", fallback, "a value or a sync callable for a sync function")
+
+        @functools.wraps(fn)
+        def degraded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not matches(exc):
+                    raise
+                result = cast("Callable[[Exception], Any]", fallback)(exc) if compute else fallback
+                _report(_part(name, exc, fn), exc)
+                return result
+
+        return cast("_F", degraded)
+
+    return decorate

@@ -1,0 +1,269 @@
+"""otelres._degrade.degrade: handler-level fallbacks, X-Degraded and on_fallback."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+
+from otelres import _hooks, wsgi
+from otelres._degrade import degrade
+from otelres._errors import CircuitOpenError, ConfigError, RetryError
+from otelres._hooks import Listener
+from otelres._server import DEGRADED
+
+
+class Fallbacks(Listener):
+    """Records every on_fallback."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def on_fallback(self, breaker: str, reason: str) -> None:
+        self.seen.append((breaker, reason))
+
+
+def open_circuit() -> CircuitOpenError:
+    return CircuitOpenError("http://recs:80", 5.0)
+
+
+def exhausted() -> RetryError:
+    return RetryError("http://recs:80", 3, ConnectionError("refused"))
+
+
+def test_sync_value_fallback_on_open_circuit() -> None:
+    """An open circuit makes a sync function return the fallback value."""
+
+    @degrade(["popular"])
+    def recommendations(user_id: int) -> list[str]:
+        raise open_circuit()
+
+    assert recommendations(1) == ["popular"]
+
+
+def test_sync_callable_fallback_gets_the_error() -> None:
+    """A callable fallback is called with the error and its result returned."""
+
+    @degrade(lambda exc: type(exc).__name__)
+    def recommendations() -> str:
+        raise exhausted()
+
+    assert recommendations() == "RetryError"
+
+
+def test_success_passes_through() -> None:
+    """Without an error the function's own result comes back and nothing is noted."""
+    listener = Fallbacks()
+    _hooks.add_listener(listener)
+
+    @degrade("fallback")
+    def recommendations() -> str:
+        return "fresh"
+
+    assert recommendations() == "fresh"
+    assert listener.seen == []
+
+
+def test_other_exceptions_propagate_by_default() -> None:
+    """An error other than an open circuit or exhausted retries is not replaced."""
+
+    @degrade("fallback")
+    def recommendations() -> str:
+        raise ValueError("bug")
+
+    with pytest.raises(ValueError, match="bug"):
+        recommendations()
+
+
+def test_custom_on_classes() -> None:
+    """A custom exception class or tuple replaces the default ones."""
+
+    @degrade("fallback", on=(KeyError, LookupError))
+    def lookup() -> str:
+        raise KeyError("x")
+
+    @degrade("fallback", on=KeyError)
+    def rejected() -> str:
+        raise open_circuit()
+
+    assert lookup() == "fallback"
+    with pytest.raises(CircuitOpenError):
+        rejected()
+
+
+def test_custom_on_predicate() -> None:
+    """A predicate on the error decides which errors fall back."""
+
+    @degrade("fallback", on=lambda exc: "soft" in str(exc))
+    def flaky(message: str) -> str:
+        raise RuntimeError(message)
+
+    assert flaky("soft failure") == "fallback"
+    with pytest.raises(RuntimeError, match="hard"):
+        flaky("hard failure")
+
+
+def test_base_exceptions_never_swallowed() -> None:
+    """KeyboardInterrupt and CancelledError pass through even when `on` names them."""
+
+    @degrade("fallback", on=lambda _exc: True)
+    def interrupted() -> str:
+        raise KeyboardInterrupt
+
+    @degrade("fallback", on=lambda _exc: True)
+    async def cancelled() -> str:
+        raise asyncio.CancelledError
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled())
+
+
+def test_async_value_and_callable_fallbacks() -> None:
+    """Async functions fall back to a value, a sync callable or an async callable."""
+
+    async def later(exc: BaseException) -> str:
+        await asyncio.sleep(0)
+        return f"async {type(exc).__name__}"
+
+    @degrade("value")
+    async def by_value() -> str:
+        raise open_circuit()
+
+    @degrade(lambda _exc: "sync")
+    async def by_sync() -> str:
+        raise open_circuit()
+
+    @degrade(later)
+    async def by_async() -> str:
+        raise exhausted()
+
+    @degrade("value")
+    async def bug() -> str:
+        raise ValueError("bug")
+
+    async def run() -> tuple[str, str, str]:
+        return await by_value(), await by_sync(), await by_async()
+
+    assert asyncio.run(run()) == ("value", "sync", "async RetryError")
+    with pytest.raises(ValueError, match="bug"):
+        asyncio.run(bug())
+
+
+def test_async_fallback_for_sync_function_rejected() -> None:
+    """An async fallback cannot serve a sync function: refused when decorating."""
+
+    async def later(exc: BaseException) -> str:
+        return "never"
+
+    with pytest.raises(ConfigError):
+
+        @degrade(later)
+        def recommendations() -> str:
+            return "fresh"
+
+
+def test_invalid_on_rejected() -> None:
+    """An `on` that is neither classes nor a predicate is refused."""
+    with pytest.raises(ConfigError):
+        degrade("x", on=42)
+
+
+def test_listener_gets_on_fallback_with_breaker_name() -> None:
+    """Listeners hear the fallback under the error's breaker and the error's type name."""
+    listener = Fallbacks()
+    _hooks.add_listener(listener)
+
+    @degrade("fallback")
+    def recommendations() -> str:
+        raise open_circuit()
+
+    recommendations()
+    assert listener.seen == [("http://recs:80", "CircuitOpenError")]
+
+
+def test_name_and_qualname_used_for_the_part() -> None:
+    """An explicit name wins; without a breaker on the error the function's qualname names the part."""
+    listener = Fallbacks()
+    _hooks.add_listener(listener)
+
+    @degrade("fallback", name="recommendations")
+    def named() -> str:
+        raise open_circuit()
+
+    @degrade("fallback", on=KeyError)
+    def unnamed() -> str:
+        raise KeyError("x")
+
+    named()
+    unnamed()
+    assert listener.seen == [
+        ("recommendations", "CircuitOpenError"),
+        ("test_name_and_qualname_used_for_the_part.<locals>.unnamed", "KeyError"),
+    ]
+
+
+def test_degraded_noted_outside_request_is_harmless() -> None:
+    """Outside a request there is no X-Degraded set to note into; the fallback still works."""
+
+    @degrade("fallback")
+    def recommendations() -> str:
+        raise open_circuit()
+
+    assert DEGRADED.get() is None
+    assert recommendations() == "fallback"
+
+
+def _call_wsgi(app: Any) -> tuple[str, list[tuple[str, str]], bytes]:
+    environ: dict[str, Any] = {"PATH_INFO": "/product"}
+    setup_testing_defaults(environ)
+    captured: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured["status"], captured["headers"] = status, headers
+        return lambda _data: None
+
+    body = b"".join(app(environ, start_response))
+    return captured["status"], captured["headers"], body
+
+
+def test_wsgi_response_names_degraded_part() -> None:
+    """Inside a ResilienceMiddleware request the fallback answers 200 with X-Degraded."""
+
+    @degrade(["popular"], name="recommendations")
+    def recommendations() -> list[str]:
+        raise open_circuit()
+
+    @degrade("n/a")
+    def pricing() -> str:
+        raise exhausted()
+
+    def product_page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = f"{recommendations()} {pricing()}".encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    status, headers, body = _call_wsgi(wsgi.ResilienceMiddleware(product_page))
+    assert status.startswith("200")
+    assert ("X-Degraded", "http://recs:80,recommendations") in headers
+    assert body == b"['popular'] n/a"
+
+
+def test_wsgi_response_without_fallback_has_no_header() -> None:
+    """A request whose parts all succeed carries no X-Degraded header."""
+
+    @degrade("fallback")
+    def recommendations() -> str:
+        return "fresh"
+
+    def page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = recommendations().encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    status, headers, _ = _call_wsgi(wsgi.ResilienceMiddleware(page))
+    assert status.startswith("200")
+    assert all(name != "X-Degraded" for name, _ in headers)
