@@ -32,7 +32,7 @@ from . import _hooks
 from ._backoff import backoff_delay
 from ._breaker import REJECTED
 from ._deadline import _DEADLINE
-from ._errors import RetryError
+from ._errors import CircuitOpenError, RetryError
 from ._fallback import MISSING
 from ._hooks import State
 
@@ -317,10 +317,12 @@ class Flow:
         if not isinstance(exc, Exception):
             self.outcome = "failure"
             return RERAISE
-        if not failed:
+        if not failed and not (isinstance(exc, CircuitOpenError) and self.res.fallback is not None):
             # The dependency answered; the error is the caller's own (a bad
             # argument, a 404): no fallback hides it, and it does not count as a
-            # failure of the dependency.
+            # failure of the dependency. A circuit open further down (a patched
+            # client's breaker for the same dependency) is no verdict on this
+            # breaker, but it is the case a fallback is for.
             return RERAISE
         self.outcome = "failure"
         if self._fall_back(exc):
