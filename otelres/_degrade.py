@@ -53,6 +53,7 @@ def _report(part: str, exc: Exception) -> None:
     note_degraded(part)
     if _hooks.listeners:
         _hooks.emit_fallback(part, type(exc).__name__)
+        _hooks.emit_degraded(part, type(exc).__name__)
 
 
 def degrade(

@@ -109,6 +109,11 @@ class Listener:
     def on_fallback(self, breaker: str, reason: str) -> None:
         """A call returned its fallback instead of the error ``reason`` (an exception's type name)."""
 
+    def on_degraded(self, part: str, reason: str) -> None:
+        """A handler part (:func:`otelres.degrade`) answered with its fallback: a logical
+        call of its own, which no flow reports (a flow's fallback comes through :meth:`on_call`).
+        """
+
     def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:
         """A logical call ended (per-call listeners only): ``outcome`` is success,
         failure, rejected or fallback.
@@ -230,3 +235,12 @@ def emit_fallback(breaker: str, reason: str) -> None:
             listener.on_fallback(breaker, reason)
         except Exception as exc:  # noqa: BLE001
             _failed("on_fallback", exc)
+
+
+def emit_degraded(part: str, reason: str) -> None:
+    """Tell every listener that a degradable handler part fell back."""
+    for listener in listeners:
+        try:
+            listener.on_degraded(part, reason)
+        except Exception as exc:  # noqa: BLE001
+            _failed("on_degraded", exc)

@@ -247,6 +247,14 @@ class CallTelemetry(Listener):
             },
         )
 
+    def on_degraded(self, part: str, reason: str) -> None:
+        """Count a handler part's fallback as a call with outcome ``fallback``."""
+        m = self._m
+        if m is not None:
+            key = (part, "fallback")
+            with m.lock:
+                m.calls[key] = m.calls.get(key, 0) + 1
+
     def on_rejected(self, breaker: str, retry_after: float) -> None:
         """Add the rejection to the call's span."""
         _event(names.EVENT_CIRCUIT_REJECTED, {names.ATTR_RETRY_AFTER: retry_after})

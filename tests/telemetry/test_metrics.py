@@ -289,3 +289,14 @@ def test_calls_keep_counting_when_only_the_meter_provider_is_kept(
         otelres.telemetry.enable(meter_provider=otel.meter_provider)
     res.call(Script("ok"))
     assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"success": 2}
+
+
+def test_a_degraded_handler_part_counts_as_a_fallback_call(otel: Any) -> None:
+    """otelres.degrade() falling back counts one otelres.calls with outcome fallback for its part."""
+
+    @otelres.degrade(["popular items"], name="recommendations")
+    def recommendations() -> list[str]:
+        raise otelres.CircuitOpenError("https://recs.internal:443", 1.0)
+
+    assert recommendations() == ["popular items"]
+    assert otel.values(names.CALLS, names.ATTR_OUTCOME, breaker="recommendations") == {"fallback": 1}
