@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _hooks
 from ._errors import CircuitOpenError, ConfigError, RetryError
+from ._policy import as_exception_predicate
 from ._server import note_degraded
 
 if TYPE_CHECKING:
@@ -24,18 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["degrade"]
 
 _F = TypeVar("_F", bound="Callable[..., Any]")
-
-
-def _matcher(on: object) -> Callable[[Exception], bool]:
-    """``on`` as a predicate on the error."""
-    if isinstance(on, type) and issubclass(on, BaseException):
-        return lambda exc: isinstance(exc, on)
-    if isinstance(on, tuple) and on and all(isinstance(c, type) and issubclass(c, BaseException) for c in on):
-        classes = cast("tuple[type[BaseException], ...]", on)
-        return lambda exc: isinstance(exc, classes)
-    if callable(on):
-        return lambda exc: bool(on(exc))
-    raise ConfigError("degrade.on", on, "an exception class, a tuple of them, or a predicate on the error")
 
 
 def _part(name: str | None, exc: Exception, fn: Callable[..., Any]) -> str:
@@ -74,7 +63,9 @@ def degrade(
     and to the listeners' ``on_fallback``. Only :class:`Exception` is ever
     replaced: never a cancellation, ``KeyboardInterrupt`` or ``SystemExit``.
     """
-    matches = _matcher(on)
+    if on is None:
+        raise ConfigError("degrade.on", on, "an exception class, a tuple of them, or a predicate")
+    matches = as_exception_predicate("degrade.on", on)  # type: ignore[arg-type] # checked there
     if name is not None and (not isinstance(name, str) or not name):
         raise ConfigError("degrade.name", name, "a non-empty string or None")
     compute = callable(fallback)
