@@ -41,14 +41,15 @@ from urllib.parse import quote, unquote, urlsplit
 
 import wrapt
 
-from otelres import _config
-from otelres._registry import OVERFLOW, Registry, default_registry
 from otelres._resilience import Resilience
+
+from ._targets import TargetCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from otelres._config import Settings
+    from otelres._registry import Registry
+
 
 __all__ = [
     "DEFAULT_PORT",
@@ -246,32 +247,11 @@ class DbTargets:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._targets: dict[str, tuple[Resilience, Resilience]] = {}
-        self._registry: Registry | None = None
-        self._settings: Settings | None = None
+        self._cache: TargetCache[tuple[Resilience, Resilience]] = TargetCache(self._build)
 
     def get(self, name: str) -> tuple[Resilience, Resilience]:
         """(connect, statement) Resiliences for the database ``name``."""
-        registry = default_registry()
-        settings = _config.current()
-        if registry is self._registry and settings is self._settings:
-            found = self._targets.get(name)
-            if found is not None:
-                return found
-        with self._lock:
-            if registry is not self._registry or settings is not self._settings:
-                self._targets.clear()
-                self._registry, self._settings = registry, settings
-            found = self._targets.get(name)
-            if found is None:
-                if len(self._targets) >= settings.max_breakers:
-                    name = OVERFLOW
-                    found = self._targets.get(name)
-                if found is None:
-                    found = self._build(name, registry)
-                    self._targets[name] = found
-            return found
+        return self._cache.get(name)
 
     def connect(self, name: str) -> Resilience:
         """The Resilience that connection attempts to ``name`` go through."""
@@ -283,9 +263,7 @@ class DbTargets:
 
     def clear(self) -> None:
         """Forget every destination (uninstrumented)."""
-        with self._lock:
-            self._targets.clear()
-            self._registry = self._settings = None
+        self._cache.clear()
 
     @staticmethod
     def _build(name: str, registry: Registry) -> tuple[Resilience, Resilience]:

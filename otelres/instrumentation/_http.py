@@ -17,18 +17,19 @@ import asyncio
 import contextlib
 import contextvars
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from otelres import _config
 from otelres._backoff import parse_retry_after
-from otelres._registry import OVERFLOW, default_registry
 from otelres._resilience import Resilience
+
+from ._targets import TargetCache
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
+
+    from otelres._registry import Registry
 
 __all__ = [
     "DEADLINE_EXCEEDED",
@@ -164,38 +165,12 @@ class HttpTargets:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._targets: dict[str, Resilience] = {}
-        #: Per destination: whether the configuration allows retrying POST and PATCH.
-        self.unsafe_ok: dict[str, bool] = {}
-        self._registry: object = None
-        self._settings: object = None
+        # Per destination: its Resilience, and whether POST and PATCH may be retried.
+        self._cache: TargetCache[tuple[Resilience, bool]] = TargetCache(self._build)
 
     def get(self, name: str) -> Resilience:
-        """The Resilience for ``name`` (bounded: past the registry's cap, one shared overflow).
-
-        Rebuilt when the settings or the registry are replaced
-        (``otelres.configure``, ``instrument(**overrides)``, a test's registry).
-        """
-        registry, settings = default_registry(), _config.current()
-        if registry is not self._registry or settings is not self._settings:
-            with self._lock:
-                self._targets.clear()
-                self.unsafe_ok.clear()
-                self._registry, self._settings = registry, settings
-        found = self._targets.get(name)
-        if found is not None:
-            return found
-        with self._lock:
-            found = self._targets.get(name)
-            if found is None:
-                if len(self._targets) >= _config.current().max_breakers:
-                    name = OVERFLOW
-                    found = self._targets.get(name)
-                if found is None:
-                    found = self._build(name)
-                    self._targets[name] = found
-            return found
+        """The Resilience for ``name`` (see :class:`TargetCache`)."""
+        return self._cache.get(name)[0]
 
     def plan(
         self, url: str, method: str, headers: Mapping[str, str] | None, replayable: bool
@@ -206,16 +181,16 @@ class HttpTargets:
         name = breaker_name(url)
         if name is None:
             return None
-        res = self.get(name)
-        return res, no_retry_reason(method, headers, replayable, self.unsafe_ok.get(res.name, False))
+        res, unsafe_ok = self._cache.get(name)
+        return res, no_retry_reason(method, headers, replayable, unsafe_ok)
 
     def clear(self) -> None:
-        """Forget every destination (settings changed, or uninstrumented)."""
-        with self._lock:
-            self._targets.clear()
+        """Forget every destination (uninstrumented)."""
+        self._cache.clear()
 
-    def _build(self, name: str) -> Resilience:
-        target = default_registry().settings.for_target(name)
+    @staticmethod
+    def _build(name: str, registry: Registry) -> tuple[Resilience, bool]:
+        target = registry.settings.for_target(name)
         statuses = RETRY_STATUSES | ({500} if target.http.retry_500 else set())
 
         def failure_result(response: Any) -> bool:
@@ -242,12 +217,9 @@ class HttpTargets:
             retry_after=retry_after,
             reason=reason,
         )
-        breaker, budget = default_registry().entry(
-            name, failure_on=is_transport_error, failure_result=failure_result
-        )
+        breaker, budget = registry.entry(name, failure_on=is_transport_error, failure_result=failure_result)
         res = Resilience(name, retry=retry, breaker=breaker, budget=budget, discard=discard)
-        self.unsafe_ok[name] = target.http.retry_unsafe
-        return res
+        return res, target.http.retry_unsafe
 
 
 #: The one set of HTTP destinations, shared by the requests and httpx integrations.

@@ -5,15 +5,16 @@ and the configuration of its breaker name (``sqlite:///path``, ``redis://host:po
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
-from otelres import _config
-from otelres._registry import OVERFLOW, Registry, default_registry
 from otelres._resilience import Resilience
+
+from ._targets import TargetCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from otelres._registry import Registry
 
 __all__ = ["StoreTargets"]
 
@@ -40,40 +41,17 @@ class StoreTargets:
         self._is_failure = is_failure
         self._is_retryable = is_retryable
         self._reason = reason
-        self._lock = threading.Lock()
-        self._targets: dict[str, Resilience] = {}
-        # Resilience objects hold the registry's breakers: a new registry
-        # (otelres.reset, a test) starts a new cache.
-        self._registry: Registry | None = None
+        self._cache: TargetCache[Resilience] = TargetCache(self._build)
 
     def get(self, name: str) -> Resilience:
-        """The Resilience for ``name`` (bounded: past the registry's cap, one shared overflow)."""
-        registry = default_registry()
-        if registry is self._registry:
-            found = self._targets.get(name)
-            if found is not None:
-                return found
-        with self._lock:
-            if registry is not self._registry:
-                self._targets.clear()
-                self._registry = registry
-            found = self._targets.get(name)
-            if found is None:
-                if len(self._targets) >= _config.current().max_breakers:
-                    name = OVERFLOW
-                    found = self._targets.get(name)
-                if found is None:
-                    found = self._build(registry, name)
-                    self._targets[name] = found
-            return found
+        """The Resilience for ``name`` (see :class:`TargetCache`)."""
+        return self._cache.get(name)
 
     def clear(self) -> None:
-        """Forget every store (settings changed, or uninstrumented)."""
-        with self._lock:
-            self._targets.clear()
-            self._registry = None
+        """Forget every store (uninstrumented)."""
+        self._cache.clear()
 
-    def _build(self, registry: Registry, name: str) -> Resilience:
+    def _build(self, name: str, registry: Registry) -> Resilience:
         target = registry.settings.for_target(name)
         retry = target.retry.evolve(retry_on=self._is_retryable, reason=self._reason)
         breaker, budget = registry.entry(name, failure_on=self._is_failure)
