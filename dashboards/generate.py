@@ -102,33 +102,28 @@ def jaeger_link() -> dashboard_builder.DashboardLink:
     )
 
 
+def _label_variable(name: str, label: str, query: str) -> dashboard_builder.QueryVariable:
+    """A multi-select query variable over label values, with All meaning ``.*``."""
+    return (
+        dashboard_builder.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+        .multi(multi=True)
+        .include_all(include_all=True)
+        .all_value(".*")
+        .current(model.VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
 def variables() -> list[Builder[model.VariableModel]]:
     """Datasource, job, breaker (multi-select with All) and the Jaeger address."""
-    all_option = model.VariableOption(selected=True, text="All", value="$__all")
     datasource = dashboard_builder.DatasourceVariable("datasource").label("Data source").type("prometheus")
-    job = (
-        dashboard_builder.QueryVariable("job")
-        .label("Job")
-        .datasource(DATASOURCE)
-        .query(f"label_values({CIRCUIT_STATE}, job)")
-        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(model.VariableSort.ALPHABETICAL_ASC)
-        .multi(multi=True)
-        .include_all(include_all=True)
-        .all_value(".*")
-        .current(all_option)
-    )
-    breaker = (
-        dashboard_builder.QueryVariable("breaker")
-        .label("Breaker")
-        .datasource(DATASOURCE)
-        .query(f'label_values({CIRCUIT_STATE}{{job=~"$job"}}, {BREAKER})')
-        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(model.VariableSort.ALPHABETICAL_ASC)
-        .multi(multi=True)
-        .include_all(include_all=True)
-        .all_value(".*")
-        .current(all_option)
+    job = _label_variable("job", "Job", f"label_values({CIRCUIT_STATE}, job)")
+    breaker = _label_variable(
+        "breaker", "Breaker", f'label_values({CIRCUIT_STATE}{{job=~"$job"}}, {BREAKER})'
     )
     jaeger_url = (
         dashboard_builder.TextBoxVariable("jaeger_url")

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import threading
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 from ._errors import ConfigError
 from ._hooks import Listener, add_listener
@@ -258,3 +258,31 @@ class Server:
 
 def _verbose(query: str) -> bool:
     return any(part.partition("=")[0] == "verbose" for part in query.split("&"))
+
+
+_App = TypeVar("_App")
+
+
+class Middleware(Generic[_App]):
+    """What both middlewares are built from: the wrapped app and its :class:`Server`."""
+
+    def __init__(
+        self,
+        app: _App,
+        *,
+        readiness: ReadinessLike | None = None,
+        live_path: str = "/livez",
+        ready_path: str = "/readyz",
+        deadline: float | None = None,
+        deadline_header: str | None = "X-Request-Timeout",
+        max_deadline: float = 30.0,
+    ) -> None:
+        self.app = app
+        self.server = Server(
+            readiness=readiness,
+            live_path=live_path,
+            ready_path=ready_path,
+            deadline=deadline,
+            deadline_header=deadline_header,
+            max_deadline=max_deadline,
+        )

@@ -14,12 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from ._deadline import deadline as _deadline
 from ._errors import CircuitOpenError
-from ._server import DEGRADED, Response, Server, circuit_open_response, degraded_header
+from ._server import DEGRADED, Middleware, Response, circuit_open_response, degraded_header
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
-
-    from ._server import ReadinessLike
 
     Scope = MutableMapping[str, Any]
     Message = MutableMapping[str, Any]
@@ -30,33 +28,12 @@ if TYPE_CHECKING:
 __all__ = ["ResilienceMiddleware"]
 
 
-class ResilienceMiddleware:
+class ResilienceMiddleware(Middleware["ASGIApp"]):
     """ASGI middleware: ``GET live_path`` and ``GET ready_path`` answer the probes;
     every other HTTP request runs the app under a deadline (the least of
     ``deadline``, the ``deadline_header`` value and ``max_deadline``), and an
     uncaught :class:`~otelres.CircuitOpenError` becomes a 503 with ``Retry-After``.
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        readiness: ReadinessLike | None = None,
-        live_path: str = "/livez",
-        ready_path: str = "/readyz",
-        deadline: float | None = None,
-        deadline_header: str | None = "X-Request-Timeout",
-        max_deadline: float = 30.0,
-    ) -> None:
-        self.app = app
-        self.server = Server(
-            readiness=readiness,
-            live_path=live_path,
-            ready_path=ready_path,
-            deadline=deadline,
-            deadline_header=deadline_header,
-            max_deadline=max_deadline,
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer a probe, or run the app under the request's deadline."""

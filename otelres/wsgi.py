@@ -15,13 +15,18 @@ from typing import TYPE_CHECKING, Any
 from ._clock import MONOTONIC
 from ._deadline import deadline as _deadline
 from ._errors import CircuitOpenError
-from ._server import DEGRADED, Response, Server, circuit_open_response, degraded_header, status_line
+from ._server import (
+    DEGRADED,
+    Middleware,
+    Response,
+    circuit_open_response,
+    degraded_header,
+    status_line,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from types import TracebackType
-
-    from ._server import ReadinessLike
 
     _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
     StartResponse = Callable[..., Callable[[bytes], object]]
@@ -30,33 +35,12 @@ if TYPE_CHECKING:
 __all__ = ["ResilienceMiddleware"]
 
 
-class ResilienceMiddleware:
+class ResilienceMiddleware(Middleware["WSGIApp"]):
     """WSGI middleware: ``GET live_path`` and ``GET ready_path`` answer the probes;
     every other request runs the app under a deadline (the least of ``deadline``,
     the ``deadline_header`` value and ``max_deadline``), and an uncaught
     :class:`~otelres.CircuitOpenError` becomes a 503 with ``Retry-After``.
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        readiness: ReadinessLike | None = None,
-        live_path: str = "/livez",
-        ready_path: str = "/readyz",
-        deadline: float | None = None,
-        deadline_header: str | None = "X-Request-Timeout",
-        max_deadline: float = 30.0,
-    ) -> None:
-        self.app = app
-        self.server = Server(
-            readiness=readiness,
-            live_path=live_path,
-            ready_path=ready_path,
-            deadline=deadline,
-            deadline_header=deadline_header,
-            max_deadline=max_deadline,
-        )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Answer a probe, or run the app under the request's deadline."""
