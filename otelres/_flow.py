@@ -32,6 +32,7 @@ from . import _hooks
 from ._backoff import backoff_delay
 from ._breaker import REJECTED
 from ._deadline import _DEADLINE
+from ._degrade import note_degraded
 from ._errors import CircuitOpenError, RetryError
 from ._fallback import MISSING
 from ._hooks import State
@@ -360,6 +361,7 @@ class Flow:
         self.value = value
         self.outcome = "fallback"
         self.error = None
+        note_degraded(self.res.breaker.name)  # the current request's X-Degraded
         if _hooks.listeners:
             _hooks.emit_fallback(self.res.breaker.name, type(error).__name__)
         return True
