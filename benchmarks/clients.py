@@ -60,7 +60,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 import otelres
 import otelres.telemetry
-from otelres import _hooks
+from otelres import _events
 from otelres._instrument import INTEGRATIONS
 from otelres.telemetry import names as telemetry_names
 
@@ -385,8 +385,8 @@ class Switch:
         for instrumentor in (self.theirs, self.ours):
             if instrumentor is not None and instrumentor.is_instrumented_by_opentelemetry:
                 raise AssertionError(f"{type(instrumentor).__module__} is still instrumented")
-        if _hooks.listeners:
-            raise AssertionError(f"otelres listeners are registered: {_hooks.listeners!r}")
+        if _events.listeners:
+            raise AssertionError(f"otelres listeners are registered: {_events.listeners!r}")
 
     def on(self) -> None:
         self.nothing_on()
@@ -764,8 +764,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_http:
         return serve_http(args.serve_http)
-    if _hooks.listeners:
-        print(f"otelres listeners are registered ({_hooks.listeners!r}); nothing may be on", file=sys.stderr)
+    if _events.listeners:
+        print(f"otelres listeners are registered ({_events.listeners!r}); nothing may be on", file=sys.stderr)
         return 2
     started = time.perf_counter()
 

@@ -48,7 +48,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 import otelres
 import otelres.telemetry
 import otelres.testing
-from otelres import _hooks
+from otelres import _events
 from otelres._sdk import has_meter_provider, has_tracer_provider
 from otelres.telemetry import names as telemetry_names
 
@@ -616,7 +616,7 @@ class CountingHandler(logging.Handler):
             self.first.append(f"{record.name}: {record.getMessage()}")
 
 
-class FullFlowOnly(_hooks.Listener):
+class FullFlowOnly(_events.Listener):
     """A per-call listener that does nothing: every call takes the full flow, and no more."""
 
     per_call = True
@@ -657,8 +657,8 @@ def quiet_telemetry() -> Iterator[tuple[list[str], CountingHandler]]:
 
 
 def telemetry_off() -> None:
-    if _hooks.listeners:
-        raise AssertionError(f"otelres listeners are registered: {_hooks.listeners!r}")
+    if _events.listeners:
+        raise AssertionError(f"otelres listeners are registered: {_events.listeners!r}")
 
 
 def switch_on(want: dict[str, bool], **providers: Any) -> Callable[[], None]:
@@ -782,7 +782,7 @@ class TelemetryPath:
         on = switch_on({"logs": True, "traces": False, "metrics": False})
         on()
         try:
-            expect((fn(), bool(_hooks.call_listeners)), (1, False), "otelres (result, per-call listener)")
+            expect((fn(), bool(_events.call_listeners)), (1, False), "otelres (result, per-call listener)")
         finally:
             otelres.telemetry.disable()
         return Contender("", "", loop0(fn), before_round=on, after_round=otelres.telemetry.disable)
@@ -830,10 +830,10 @@ class TelemetryPath:
 
         def on() -> None:
             telemetry_off()
-            _hooks.add_listener(listener)
+            _events.add_listener(listener)
 
         def off() -> None:
-            _hooks.remove_listener(listener)
+            _events.remove_listener(listener)
 
         on()
         try:
@@ -1220,9 +1220,10 @@ def print_header(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.simplefilter("ignore", DeprecationWarning)  # aiobreaker uses datetime.utcnow()
-    if _hooks.listeners:
+    if _events.listeners:
         print(
-            f"otelres listeners are registered ({_hooks.listeners!r}); telemetry must be off", file=sys.stderr
+            f"otelres listeners are registered ({_events.listeners!r}); telemetry must be off",
+            file=sys.stderr,
         )
         return 2
     if stamina is not None:

@@ -6,7 +6,7 @@ This module only re-exports; the code lives in the private modules.
 from __future__ import annotations
 
 from ._backoff import backoff_delay, parse_retry_after
-from ._breaker import BreakerStats, CircuitBreaker
+from ._breaker import BreakerStats, CircuitBreaker, State, Transition
 from ._budget import RetryBudget
 from ._clock import Clock, MonotonicClock
 from ._config import Settings, configure, load_settings
@@ -14,11 +14,11 @@ from ._deadline import deadline, time_left
 from ._degrade import degrade
 from ._errors import CircuitOpenError, ConfigError, OtelresError, RetryError
 from ._fallback import Fallback
-from ._flow import current_attempt
-from ._hooks import Listener, State, Transition, add_listener, remove_listener
+from ._events import Event, Listener, add_listener, remove_listener
+from ._flow import Guard, current_attempt
 from ._instrument import instrument, uninstrument
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
-from ._registry import Registry, default_registry
+from ._registry import Profile, Registry, default_registry
 from ._resilience import Attempt, Resilience, resilient
 
 __all__ = [
@@ -30,10 +30,13 @@ __all__ = [
     "CircuitOpenError",
     "Clock",
     "ConfigError",
+    "Event",
     "Fallback",
+    "Guard",
     "Listener",
     "MonotonicClock",
     "OtelresError",
+    "Profile",
     "Registry",
     "Resilience",
     "RetryBudget",

@@ -22,16 +22,16 @@ hold under any number of threads or tasks.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import itertools
 import math
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _hooks
+from . import _events
 from ._clock import MONOTONIC, Clock
 from ._errors import CircuitOpenError
-from ._hooks import State, Transition
 from ._policy import BreakerPolicy
 from ._window import CountWindow, TimeWindow, Window
 
@@ -39,9 +39,46 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from types import TracebackType
 
-__all__ = ["REJECTED", "BreakerStats", "CircuitBreaker"]
+__all__ = ["REJECTED", "BreakerStats", "CircuitBreaker", "State", "Transition", "settle"]
 
 _T = TypeVar("_T")
+
+
+class State(str, enum.Enum):
+    """A circuit breaker's state; the value is the name telemetry uses."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change of one breaker.
+
+    ``seq`` numbers the breaker's transitions from 1 without gaps, so a
+    consumer can order them and see that none was lost. ``failure_rate`` is
+    the rate in the window when the change happened (0.0 where meaningless).
+    """
+
+    breaker: str
+    from_state: State
+    to_state: State
+    failure_rate: float
+    seq: int
+    at: float
+
+
+def _report(transition: Transition) -> None:
+    """Tell the listeners about a state change (after the lock is released)."""
+    if _events.listeners:
+        _events.emit(_events.Event(_events.TRANSITION, transition.breaker, transition=transition))
+
 
 #: The token :meth:`CircuitBreaker.acquire` returns for a rejected call.
 REJECTED = -1
@@ -236,7 +273,7 @@ class CircuitBreaker:
                 self._rejected += 1
                 token = REJECTED
         if transition is not None:
-            _hooks.emit_transition(transition)
+            _report(transition)
         return token
 
     def rejection(self) -> CircuitOpenError:
@@ -346,7 +383,7 @@ class CircuitBreaker:
                     if self._probe_successes >= policy.half_open_calls:
                         transition = self._move(_CLOSED, 0.0)
         if transition is not None:
-            _hooks.emit_transition(transition)
+            _report(transition)
 
     def _fold_ticks(self) -> None:
         """Fold the lock-free successes into the counters and the window (lock held)."""
@@ -401,7 +438,7 @@ class CircuitBreaker:
                 transition = self._open(self._clock.monotonic(), 1.0)
             else:
                 transition = self._move(target, 0.0)
-        _hooks.emit_transition(transition)
+        _report(transition)
 
     def force_open(self) -> None:
         """Reject every call until :meth:`reset` (or another manual transition)."""
@@ -418,28 +455,14 @@ class CircuitBreaker:
     # -- convenience drivers -------------------------------------------------------
 
     def classify(self, exc: BaseException | None, result: Any = None) -> bool | None:
-        """Whether an attempt's outcome counts as a failure (None: ignored)."""
-        if exc is not None:
-            return self.policy.classify(exc)
-        predicate = self.policy.failure_result
-        return bool(predicate(result)) if predicate is not None else False
+        """Whether an attempt's outcome counts as a failure by this breaker's policy (None: ignored)."""
+        return self.policy.judge(exc, result)
 
     def settle(
         self, token: int, started: float, exc: BaseException | None, result: Any = None
     ) -> bool | None:
-        """Classify an attempt's outcome and record it; returns the classification.
-
-        The permit is recorded even when a user predicate raises (as a failure,
-        the cautious reading), so that a bug in a predicate can never wedge a
-        half-open breaker; the predicate's error then propagates.
-        """
-        try:
-            failed = self.classify(exc, result)
-        except BaseException:
-            self.record(token, True, started)  # noqa: FBT003
-            raise
-        self.record(token, failed, started)
-        return failed
+        """Classify an attempt's outcome by this breaker's policy and record it (see :func:`settle`)."""
+        return settle(self, self.policy, token, started, exc, result)
 
     def call(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Run ``fn`` through the breaker alone (no retry); raise
@@ -474,6 +497,32 @@ class CircuitBreaker:
     def attempt(self) -> _Attempt:
         """A context manager (``with`` or ``async with``) guarding one block."""
         return _Attempt(self)
+
+
+def settle(
+    breaker: CircuitBreaker,
+    policy: BreakerPolicy,
+    token: int,
+    started: float,
+    exc: BaseException | None,
+    result: Any = None,
+) -> bool | None:
+    """Judge an attempt's outcome by ``policy`` and record it with ``breaker``;
+    returns the verdict (None: it counts neither way).
+
+    The policy is the caller's: callers that share a breaker (a decorator and a
+    patched client naming one dependency) each judge their own attempts. The
+    permit is recorded even when a user predicate raises (as a failure, the
+    cautious reading), so that a bug in a predicate can never wedge a half-open
+    breaker; the predicate's error then propagates.
+    """
+    try:
+        failed = policy.judge(exc, result)
+    except BaseException:
+        breaker.record(token, True, started)  # noqa: FBT003
+        raise
+    breaker.record(token, failed, started)
+    return failed
 
 
 class _Attempt:

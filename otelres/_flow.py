@@ -1,13 +1,16 @@
 """One logical call through deadline → retry (with budget) → breaker → attempt.
 
-:class:`Flow` holds every decision of a call and does no I/O: it never calls
-the protected function and never sleeps. The sync and async drivers in
-:mod:`otelres._resilience` run it, and they are the only two places that call
-the function and wait, so the two paths cannot drift apart.
+:class:`Guard` is what every call of one call site goes through, composed once
+by the registry (the breaker and budget of the dependency, the retry policy,
+the caller's verdict on failures, the fallback); it holds no per-call state.
+:class:`Flow` holds every decision of one call and does no I/O: it never calls
+the protected function and never sleeps. The drivers in
+:mod:`otelres._resilience` run it, and they are the only places that call the
+function and wait, so the sync and async paths cannot drift apart.
 
 The protocol a driver follows::
 
-    flow = Flow(resilience, args, kwargs)
+    flow = Flow(guard, args, kwargs)
     try:
         while flow.admit():                 # False: ended without an attempt
             try: result = fn(...)
@@ -16,8 +19,7 @@ The protocol a driver follows::
             if step is DONE: return flow.value
             if step is RERAISE: raise
             sleep(step)
-        if flow.outcome == "rejected": raise flow.rejection
-        return flow.value                   # the fallback
+        return flow.end()                   # raises the rejection, or returns the fallback
     finally:
         flow.close()
 """
@@ -25,24 +27,26 @@ The protocol a driver follows::
 from __future__ import annotations
 
 import contextvars
+import random as _random
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _hooks
+from . import _events
 from ._backoff import backoff_delay
-from ._breaker import REJECTED
+from ._breaker import REJECTED, CircuitBreaker, State, settle
 from ._deadline import _DEADLINE
 from ._degrade import note_degraded
-from ._errors import CircuitOpenError, RetryError
-from ._fallback import MISSING
-from ._hooks import State
+from ._errors import CircuitOpenError, ConfigError, RetryError
+from ._fallback import MISSING, Fallback
+from ._policy import BreakerPolicy, RetryPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
+    from collections.abc import Callable, Hashable
 
-    from ._resilience import Resilience
+    from ._budget import RetryBudget
+    from ._config import Target
 
-__all__ = ["DONE", "RERAISE", "Flow", "current_attempt", "testing_state"]
+__all__ = ["DONE", "RERAISE", "Flow", "Guard", "current_attempt", "testing_state"]
 
 
 class _Step:
@@ -88,6 +92,92 @@ testing_state = _TestingState()
 _OPEN_STATES = (State.OPEN, State.FORCED_OPEN)
 
 
+class Guard:
+    """What every call of one call site to one dependency goes through: the
+    dependency's breaker and retry budget (shared by every call site that names
+    it), this call site's retry policy, its verdict on what counts as a failure
+    (``judge``: a breaker policy's ``failure_on`` / ``ignore`` /
+    ``failure_result``), its fallback and ``discard`` hook, and the configuration
+    entry it was built from (``target``, None for a hand-built guard).
+
+    Immutable after construction, no per-call state; the registry composes one
+    (:meth:`otelres.Registry.guard`), and :class:`otelres.Resilience` and the
+    integrations run calls through it.
+    """
+
+    __slots__ = (
+        "acquire",
+        "breaker",
+        "budget",
+        "clock",
+        "discard",
+        "enabled",
+        "fallback",
+        "fast",
+        "in_flight",
+        "judge",
+        "name",
+        "now",
+        "plain_results",
+        "random",
+        "record",
+        "retry",
+        "target",
+    )
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        budget: RetryBudget,
+        retry: RetryPolicy,
+        *,
+        judge: BreakerPolicy | None = None,
+        fallback: Fallback[Any] | None = None,
+        discard: Callable[[Any], object] | None = None,
+        random: Callable[[], float] | None = None,
+        enabled: bool = True,
+        target: Target | None = None,
+    ) -> None:
+        if not isinstance(retry, RetryPolicy):
+            raise ConfigError("retry", retry, "an otelres.RetryPolicy")
+        if fallback is not None and not isinstance(fallback, Fallback):
+            raise ConfigError("fallback", fallback, "an otelres.Fallback (Fallback.value(x) wraps a value)")
+        self.name = breaker.name
+        self.breaker = breaker
+        self.budget = budget
+        self.retry = retry
+        self.judge = judge if judge is not None else breaker.policy
+        self.fallback = fallback
+        self.discard = discard
+        self.clock = breaker.clock
+        self.random = random if random is not None else _random.random
+        self.enabled = enabled
+        self.target = target
+        # Bound once: the drivers and the flow call these on every call.
+        self.acquire = breaker.acquire
+        self.record = breaker.record
+        self.now = self.clock.monotonic
+        self.in_flight = budget.calls
+        #: True when no policy looks at a call's result (the flow's fast path).
+        self.plain_results = (
+            self.judge.failure_result is None
+            and retry.retry_on_result is None
+            and (fallback is None or not fallback.caches)
+        )
+        #: True when the drivers may run a first attempt without a Flow.
+        self.fast = enabled and self.plain_results and fallback is None
+
+    def __repr__(self) -> str:
+        return f"Guard({self.name!r}, state={self.breaker.state.value})"
+
+    def rejected(self) -> CircuitOpenError:
+        """The error of a call rejected without a Flow (reported to the listeners)."""
+        error = self.breaker.rejection()
+        if _events.listeners:
+            _events.emit(_events.Event(_events.REJECTED, self.name, retry_after=error.retry_after))
+        return error
+
+
 class Flow:
     """The state of one logical call; see the module docstring for the protocol."""
 
@@ -102,25 +192,25 @@ class Flow:
         "args",
         "attempts",
         "error",
+        "guard",
         "kwargs",
         "no_retry",
         "outcome",
         "rejection",
-        "res",
         "started",
         "value",
     )
 
     def __init__(
         self,
-        res: Resilience,
+        guard: Guard,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         no_retry: str | None = None,
     ) -> None:
         # Only what the success path needs is set here; the rest is set when a
         # retry is first considered (this constructor is on every call's path).
-        self.res = res
+        self.guard = guard
         self.args = args
         self.kwargs = kwargs
         self.no_retry = no_retry
@@ -131,8 +221,8 @@ class Flow:
         self._key: Hashable | None = None
         self.error: BaseException | None = None
         self._attempt_token: contextvars.Token[int] | None = None
-        self._scopes = _hooks.emit_call_start(res.breaker.name) if _hooks.call_listeners else None
-        res.in_flight.append(None)  # the budget's calls in flight (atomic)
+        self._scopes = _events.start_call(guard.name) if _events.call_listeners else None
+        guard.in_flight.append(None)  # the budget's calls in flight (atomic)
 
     # -- the steps -------------------------------------------------------------
 
@@ -145,22 +235,19 @@ class Flow:
         The driver raises, not this method, so that the traceback of a
         rejection stays one frame short: an outage makes many of them.
         """
-        res = self.res
-        token = res.acquire()
+        guard = self.guard
+        token = guard.acquire()
         if token == REJECTED:
-            breaker = res.breaker
             if self._retry_slot:
                 self._end_retry()
-            error = breaker.rejection()
-            if _hooks.listeners:
-                _hooks.emit_rejected(breaker.name, error.retry_after)
+            error = guard.rejected()
             self.outcome = "rejected"  # stays so if the fallback raises
             self.error = error
-            if res.fallback is None or not self._fall_back(error):
+            if guard.fallback is None or not self._fall_back(error):
                 self.rejection = error
             return False
         self._token = token
-        now = self._attempt_started = res.now()
+        now = self._attempt_started = guard.now()
         if not self.attempts:
             self.started = now
             self._previous_delay = 0.0
@@ -172,6 +259,12 @@ class Flow:
             if self._attempt_token is None:
                 self._attempt_token = reset
         return True
+
+    def end(self) -> Any:
+        """After :meth:`admit` said False: raise the rejection, or return the fallback."""
+        if self.outcome == "rejected":
+            raise self.rejection
+        return self.value
 
     def resume(self, token: int, started: float, exc: BaseException) -> object:
         """Take over a call whose first attempt a driver ran on its own (admitted
@@ -185,12 +278,12 @@ class Flow:
 
     def failed(self, exc: BaseException) -> object:
         """The attempt raised ``exc``: DONE, RERAISE, or the delay before the next attempt."""
-        res = self.res
+        guard = self.guard
         try:
-            failed = res.breaker.settle(self._token, self._attempt_started, exc)
+            failed = settle(guard.breaker, guard.judge, self._token, self._attempt_started, exc)
         finally:
             self._end_retry()
-        if res.retry.should_retry(exc):
+        if guard.retry.should_retry(exc):
             delay = self._retry_delay(exc, None)
             if delay is not None:
                 return delay
@@ -198,63 +291,71 @@ class Flow:
 
     def returned(self, result: Any) -> object:
         """The attempt returned ``result``: DONE, or the delay before the next attempt."""
-        res = self.res
-        breaker = res.breaker
-        if res.plain_results:
+        guard = self.guard
+        if guard.plain_results:
             # Neither breaker, retry nor fallback looks at results: the common case.
-            res.record(self._token, False, self._attempt_started)  # noqa: FBT003 - hot path
+            guard.record(self._token, False, self._attempt_started)  # noqa: FBT003 - hot path
             if self._retry_slot:
                 self._end_retry()
             self.outcome = "success"
             self.value = result
             return DONE
         try:
-            failed = bool(breaker.settle(self._token, self._attempt_started, None, result))
+            failed = bool(
+                settle(guard.breaker, guard.judge, self._token, self._attempt_started, None, result)
+            )
         finally:
             self._end_retry()
-        retry_on_result = res.retry.retry_on_result
+        retry_on_result = guard.retry.retry_on_result
         if retry_on_result is None or not retry_on_result(result):
             self.outcome = "failure" if failed else "success"
-            if not failed and res.fallback is not None and res.fallback.caches:
-                res.fallback.remember(self._cache_key(), result, res.clock.monotonic())
+            if not failed and guard.fallback is not None and guard.fallback.caches:
+                guard.fallback.remember(self._cache_key(), result, guard.now())
             self.value = result
             return DONE
         delay = self._retry_delay(None, result)
         if delay is not None:
-            if res.discard is not None:
-                res.discard(result)
+            if guard.discard is not None:
+                guard.discard(result)
             return delay
         return self._give_up_result(result)
 
     def close(self) -> None:
         """Always called once the call ends, however it ends."""
-        res = self.res
+        guard = self.guard
         if self._retry_slot:
             self._end_retry()
         if self._attempt_token is not None:
             _ATTEMPT.reset(self._attempt_token)
-        res.in_flight.pop()
+        guard.in_flight.pop()
         if self._scopes is not None:
             started = self.started
-            duration = res.clock.monotonic() - started if started >= 0 else 0.0
-            _hooks.emit_call(
-                res.breaker.name, self.outcome, duration, self.attempts, self._scopes, self.error
+            duration = guard.now() - started if started >= 0 else 0.0
+            event = _events.Event(
+                _events.CALL,
+                guard.name,
+                attempt=self.attempts,
+                outcome=self.outcome,
+                duration=duration,
+                error=self.error,
             )
+            _events.end_call(event, self._scopes)
 
     # -- decisions ----------------------------------------------------------------
 
     def _retry_delay(self, exc: BaseException | None, result: Any) -> float | None:
         """The delay before the next attempt, or None when no retry is made."""
-        res = self.res
-        policy = res.retry
-        name = res.breaker.name
+        guard = self.guard
+        policy = guard.retry
+        name = guard.name
         attempts = policy.attempts
         cap = testing_state.attempts
         if cap is not None and cap < attempts:
             attempts = cap
         if self.attempts >= attempts:
-            if attempts > 1 and _hooks.listeners:
-                _hooks.emit_exhausted(name, self.attempts, policy.reason(exc, result))
+            if attempts > 1 and _events.listeners:
+                reason = policy.reason(exc, result)
+                _events.emit(_events.Event(_events.EXHAUSTED, name, attempt=self.attempts, reason=reason))
             return None
         if self.no_retry is not None:
             return self._suppress(self.no_retry)
@@ -273,30 +374,33 @@ class Flow:
                 self.attempts,
                 policy.base_delay,
                 policy.max_delay,
-                res.random,
+                guard.random,
                 self._previous_delay,
             )
         deadline = self._deadline()
-        if deadline is not None and res.clock.monotonic() + delay >= deadline:
+        if deadline is not None and guard.now() + delay >= deadline:
             return self._suppress("deadline")
-        breaker = res.breaker
+        breaker = guard.breaker
         if breaker.state in _OPEN_STATES and breaker.retry_after() > delay:
             # The next attempt would only be rejected: end now with the real error.
             return self._suppress("circuit_open")
-        if not res.budget.try_retry():
+        if not guard.budget.try_retry():
             return self._suppress("budget")
         self._retry_slot = True
         self._previous_delay = delay
         # Until an attempt succeeds, the call has failed: a cancellation during
         # the backoff must not end it as a success.
         self.outcome = "failure"
-        if _hooks.listeners:
-            _hooks.emit_retry(name, self.attempts, delay, policy.reason(exc, result))
+        if _events.listeners:
+            reason = policy.reason(exc, result)
+            _events.emit(
+                _events.Event(_events.RETRY, name, attempt=self.attempts, delay=delay, reason=reason)
+            )
         return delay
 
     def _deadline(self) -> float | None:
         """The earlier of the policy's deadline for this call and the context's."""
-        limit = self.res.retry.deadline
+        limit = self.guard.retry.deadline
         deadline = None if limit is None else self.started + limit
         outer = _DEADLINE.get()
         if outer is not None and (deadline is None or outer < deadline):
@@ -305,8 +409,11 @@ class Flow:
 
     def _suppress(self, reason: str) -> float | None:
         """Report a retry that was due and not made; the delay is None."""
-        if _hooks.listeners:
-            _hooks.emit_retry_suppressed(self.res.breaker.name, self.attempts, reason)
+        if _events.listeners:
+            event = _events.Event(
+                _events.RETRY_SUPPRESSED, self.guard.name, attempt=self.attempts, reason=reason
+            )
+            _events.emit(event)
         return None
 
     def _give_up(self, exc: BaseException, failed: bool | None) -> object:
@@ -318,7 +425,8 @@ class Flow:
         if not isinstance(exc, Exception):
             self.outcome = "failure"
             return RERAISE
-        if not failed and not (isinstance(exc, CircuitOpenError) and self.res.fallback is not None):
+        guard = self.guard
+        if not failed and not (isinstance(exc, CircuitOpenError) and guard.fallback is not None):
             # The dependency answered; the error is the caller's own (a bad
             # argument, a 404): no fallback hides it, and it does not count as a
             # failure of the dependency. A circuit open further down (a patched
@@ -329,49 +437,51 @@ class Flow:
         if self._fall_back(exc):
             return DONE
         if self.attempts > 1:
-            if self.res.retry.wrap_exhausted:
-                self.error = RetryError(self.res.breaker.name, self.attempts, exc)
+            if guard.retry.wrap_exhausted:
+                self.error = RetryError(guard.name, self.attempts, exc)
                 raise self.error from exc
             if sys.version_info >= (3, 11):
-                exc.add_note(f"otelres: {self.res.breaker.name}: gave up after {self.attempts} attempts")
+                exc.add_note(f"otelres: {guard.name}: gave up after {self.attempts} attempts")
         return RERAISE
 
     def _give_up_result(self, result: Any) -> object:
         """No more attempts after a result worth retrying: fall back, wrap or return it."""
         self.outcome = "failure"
-        res = self.res
-        error = RetryError(res.breaker.name, self.attempts, None, result)
+        guard = self.guard
+        error = RetryError(guard.name, self.attempts, None, result)
         if self._fall_back(error):
-            if res.discard is not None:
-                res.discard(result)  # replaced by the fallback: release it (an HTTP response)
+            if guard.discard is not None:
+                guard.discard(result)  # replaced by the fallback: release it (an HTTP response)
             return DONE
-        if res.retry.wrap_exhausted and self.attempts > 1:
+        if guard.retry.wrap_exhausted and self.attempts > 1:
             self.error = error
             raise error
         self.value = result
         return DONE
 
     def _fall_back(self, error: BaseException) -> bool:
-        fallback = self.res.fallback
+        guard = self.guard
+        fallback = guard.fallback
         if fallback is None:
             return False
-        value = fallback.resolve(self._cache_key(), error, self.res.clock.monotonic())
+        value = fallback.resolve(self._cache_key(), error, guard.now())
         if value is MISSING:
             return False
         self.value = value
         self.outcome = "fallback"
         self.error = None
-        note_degraded(self.res.breaker.name)  # the current request's X-Degraded
-        if _hooks.listeners:
-            _hooks.emit_fallback(self.res.breaker.name, type(error).__name__)
+        note_degraded(guard.name)  # the current request's X-Degraded
+        if _events.listeners:
+            _events.emit(_events.Event(_events.FALLBACK, guard.name, reason=type(error).__name__))
         return True
 
     def _cache_key(self) -> Hashable | None:
-        if self._key is None and self.res.fallback is not None:
-            self._key = self.res.fallback.key(self.args, self.kwargs)
+        fallback = self.guard.fallback
+        if self._key is None and fallback is not None:
+            self._key = fallback.key(self.args, self.kwargs)
         return self._key
 
     def _end_retry(self) -> None:
         if self._retry_slot:
             self._retry_slot = False
-            self.res.budget.retry_ended()
+            self.guard.budget.retry_ended()

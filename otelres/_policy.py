@@ -189,6 +189,15 @@ class BreakerPolicy(_Evolve):
         # A cancellation or an interpreter exit says nothing about the dependency.
         return False if isinstance(exc, Exception) else None
 
+    def judge(self, exc: BaseException | None, result: Any = None) -> bool | None:
+        """Whether an attempt that raised ``exc`` (or, when None, returned ``result``)
+        counts as a failure: True, False (a success) or None (neither way).
+        """
+        if exc is not None:
+            return self.classify(exc)
+        predicate = self.failure_result
+        return bool(predicate(result)) if predicate is not None else False
+
 
 def _default_reason(exc: BaseException | None, result: object) -> str:  # noqa: ARG001 - the reason hook's signature
     """A short, bounded label for why an attempt is retried (a metric attribute)."""

@@ -1,8 +1,14 @@
 """The public composition: deadline → retry (with budget) → breaker → attempt,
 with an optional fallback, for sync and async callables alike.
 
-The two drivers below are the only code that calls the protected function and
-the only code that waits; every decision is :class:`otelres._flow.Flow`'s.
+:func:`run` and :func:`arun` are the drivers: the only code that calls the
+protected function and the only code that waits; every decision is
+:class:`~otelres._flow.Flow`'s. Each is one loop: the loop's first admission is
+unrolled so that a plain success allocates no Flow (admission and a success are
+two breaker calls), and whatever else happens hands the call over to the Flow,
+which the rest of the same loop drives. :meth:`Resilience.attempts` drives the
+same Flow for a block. :class:`Resilience` is the public face of a
+:class:`~otelres._flow.Guard`, which the registry composes.
 """
 
 from __future__ import annotations
@@ -10,27 +16,141 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import random as _random
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from . import _hooks
-from ._breaker import REJECTED, CircuitBreaker
-from ._budget import RetryBudget
-from ._errors import CircuitOpenError, ConfigError
-from ._fallback import Fallback
-from ._flow import DONE, RERAISE, Flow, testing_state
-from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
+from . import _events
+from ._breaker import REJECTED
+from ._flow import DONE, RERAISE, Flow, Guard, testing_state
+from ._registry import default_registry
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from ._breaker import CircuitBreaker
+    from ._budget import RetryBudget
     from ._clock import Clock
+    from ._fallback import Fallback
+    from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
 
-__all__ = ["Attempt", "Resilience", "resilient"]
+__all__ = ["Attempt", "Resilience", "arun", "resilient", "run"]
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def run(
+    guard: Guard,
+    fn: Callable[..., _T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    no_retry: str | None = None,
+) -> _T:
+    """Call ``fn(*args, **kwargs)`` through ``guard``: the sync driver.
+
+    ``no_retry`` names why this call must not be repeated (``not_idempotent``,
+    ``not_replayable``): a retry that would have been made is then counted as
+    suppressed for that reason.
+    """
+    if guard.fast and not _events.call_listeners:
+        # The first admission, without a Flow.
+        token = guard.acquire()
+        if token == REJECTED:
+            raise guard.rejected()
+        started = guard.now()
+        in_flight = guard.in_flight
+        in_flight.append(None)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
+            flow = Flow(guard, args, kwargs, no_retry)
+            step = flow.resume(token, started, exc)
+        else:
+            guard.record(token, False, started)  # noqa: FBT003 - hot path
+            return result
+        finally:
+            in_flight.pop()
+    elif not guard.enabled:
+        return fn(*args, **kwargs)
+    else:
+        flow = Flow(guard, args, kwargs, no_retry)
+        step = None
+    try:
+        while True:
+            if step is None:
+                if not flow.admit():
+                    return flow.end()  # type: ignore[no-any-return] # the fallback, or raises the rejection
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    step = flow.failed(exc)
+                    if step is RERAISE:
+                        raise
+                else:
+                    step = flow.returned(result)
+            elif step is RERAISE:
+                raise flow.error  # type: ignore[misc] # the first attempt's exception
+            if step is DONE:
+                return flow.value  # type: ignore[no-any-return]
+            if testing_state.sleep:
+                guard.clock.sleep(step)  # type: ignore[arg-type] # a delay, by elimination
+            step = None
+    finally:
+        flow.close()
+
+
+async def arun(
+    guard: Guard,
+    fn: Callable[..., Awaitable[_T]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    no_retry: str | None = None,
+) -> _T:
+    """The async driver: :func:`run` awaiting ``fn`` and the delays, the same loop."""
+    if guard.fast and not _events.call_listeners:
+        token = guard.acquire()
+        if token == REJECTED:
+            raise guard.rejected()
+        started = guard.now()
+        in_flight = guard.in_flight
+        in_flight.append(None)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
+            flow = Flow(guard, args, kwargs, no_retry)
+            step = flow.resume(token, started, exc)
+        else:
+            guard.record(token, False, started)  # noqa: FBT003 - hot path
+            return result
+        finally:
+            in_flight.pop()
+    elif not guard.enabled:
+        return await fn(*args, **kwargs)
+    else:
+        flow = Flow(guard, args, kwargs, no_retry)
+        step = None
+    try:
+        while True:
+            if step is None:
+                if not flow.admit():
+                    return flow.end()  # type: ignore[no-any-return]
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    step = flow.failed(exc)
+                    if step is RERAISE:
+                        raise
+                else:
+                    step = flow.returned(result)
+            elif step is RERAISE:
+                raise flow.error  # type: ignore[misc]
+            if step is DONE:
+                return flow.value  # type: ignore[no-any-return]
+            if testing_state.sleep:
+                await guard.clock.asleep(step)  # type: ignore[arg-type]
+            step = None
+    finally:
+        flow.close()
 
 
 class Resilience:
@@ -42,28 +162,14 @@ class Resilience:
     ``name``, configured from ``OTELRES_*`` and the TOML file, so every call
     site naming the same dependency shares one circuit. Pass a
     :class:`BreakerPolicy` (or a ``clock``) for a private breaker, or a
-    :class:`CircuitBreaker` to share one explicitly.
+    :class:`CircuitBreaker` to share one explicitly. The registry
+    (:meth:`otelres.Registry.guard`) composes the parts.
 
     Use it as a decorator (sync or async functions), or with :meth:`call` and
     :meth:`acall`.
     """
 
-    __slots__ = (
-        "acquire",
-        "breaker",
-        "budget",
-        "clock",
-        "discard",
-        "enabled",
-        "fallback",
-        "fast",
-        "in_flight",
-        "now",
-        "plain_results",
-        "random",
-        "record",
-        "retry",
-    )
+    __slots__ = ("guard",)
 
     def __init__(
         self,
@@ -77,64 +183,51 @@ class Resilience:
         clock: Clock | None = None,
         random: Callable[[], float] | None = None,
     ) -> None:
-        from ._registry import default_registry  # noqa: PLC0415 - the registry builds Resilience
-
-        if not isinstance(name, str) or not name:
-            raise ConfigError("name", name, "a non-empty string naming the dependency")
-        registry = default_registry()
-        target = registry.settings.for_target(name)
-        if isinstance(breaker, CircuitBreaker):
-            shared_budget = None
-        elif breaker is not None or clock is not None:
-            breaker = CircuitBreaker(name, breaker or target.breaker, clock=clock)
-            shared_budget = None
-        else:
-            breaker, shared_budget = registry.entry(name)
-        if isinstance(budget, RetryBudget):
-            pass
-        elif budget is not None or shared_budget is None:
-            budget = RetryBudget(budget or target.budget)
-        else:
-            budget = shared_budget
-        if fallback is not None and not isinstance(fallback, Fallback):
-            raise ConfigError("fallback", fallback, "an otelres.Fallback (Fallback.value(x) wraps a value)")
-        self.breaker = breaker
-        self.budget = budget
-        self.retry = retry if retry is not None else target.retry
-        if not isinstance(self.retry, RetryPolicy):
-            raise ConfigError("retry", self.retry, "an otelres.RetryPolicy")
-        self.fallback = fallback
-        self.discard = discard
-        self.clock = breaker.clock
-        self.random = random if random is not None else _random.random
-        self.enabled = target.enabled
-        # Bound once: the flow calls these on every call.
-        self.acquire = breaker.acquire
-        self.record = breaker.record
-        self.now = self.clock.monotonic
-        self.in_flight = budget.calls
-        #: True when no policy looks at a call's result (the flow's fast path).
-        self.plain_results = (
-            breaker.policy.failure_result is None
-            and self.retry.retry_on_result is None
-            and (fallback is None or not fallback.caches)
+        #: What every call goes through.
+        self.guard: Guard = default_registry().guard(
+            name,
+            retry=retry,
+            breaker=breaker,
+            budget=budget,
+            fallback=fallback,
+            discard=discard,
+            clock=clock,
+            random=random,
         )
-        #: True when the drivers may run a first attempt without a Flow.
-        self.fast = self.enabled and self.plain_results and fallback is None
 
     def __repr__(self) -> str:
-        return f"Resilience({self.breaker.name!r}, state={self.breaker.state.value})"
+        return f"Resilience({self.guard.name!r}, state={self.guard.breaker.state.value})"
 
     @property
     def name(self) -> str:
         """The dependency's name (the breaker's)."""
-        return self.breaker.name
+        return self.guard.name
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The dependency's circuit breaker."""
+        return self.guard.breaker
+
+    @property
+    def budget(self) -> RetryBudget:
+        """The dependency's retry budget."""
+        return self.guard.budget
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of this call site."""
+        return self.guard.retry
+
+    @property
+    def fallback(self) -> Fallback[Any] | None:
+        """The fallback of this call site."""
+        return self.guard.fallback
 
     # -- drivers ---------------------------------------------------------------------
 
     def call(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Call ``fn(*args, **kwargs)`` with retries, breaker and fallback."""
-        return self.call_with(fn, args, kwargs)
+        return run(self.guard, fn, args, kwargs)
 
     def call_with(
         self,
@@ -148,77 +241,11 @@ class Resilience:
         must not be retried (``not_idempotent``, ``not_replayable``): a retry that
         would have been made is then counted as suppressed for that reason.
         """
-        if self.fast and not _hooks.call_listeners:
-            # The first attempt without a Flow: admission and a plain success are
-            # two breaker calls. Anything else hands over to the flow below.
-            token = self.acquire()
-            if token == REJECTED:
-                raise self._rejected()
-            started = self.now()
-            in_flight = self.in_flight
-            in_flight.append(None)
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-                first = exc
-            else:
-                self.record(token, False, started)  # noqa: FBT003 - hot path
-                return result
-            finally:
-                in_flight.pop()
-            return self._retry(fn, args, kwargs, no_retry, token, started, first)
-        if not self.enabled:
-            return fn(*args, **kwargs)
-        return self._retry(fn, args, kwargs, no_retry, REJECTED, 0.0, None)
-
-    def _rejected(self) -> CircuitOpenError:
-        """The error of a call the fast path saw rejected (reported to event listeners)."""
-        error = self.breaker.rejection()
-        if _hooks.listeners:
-            _hooks.emit_rejected(self.breaker.name, error.retry_after)
-        return error
-
-    def _retry(
-        self,
-        fn: Callable[..., _T],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        no_retry: str | None,
-        token: int,
-        started: float,
-        first: BaseException | None,
-    ) -> _T:
-        """The sync driver of :class:`Flow`, from the start or after a failed first attempt."""
-        flow = Flow(self, args, kwargs, no_retry)
-        try:
-            step = None if first is None else flow.resume(token, started, first)
-            while True:
-                if step is None:
-                    if not flow.admit():
-                        if flow.outcome == "rejected":
-                            raise flow.rejection
-                        return flow.value  # type: ignore[no-any-return]
-                    try:
-                        result = fn(*args, **kwargs)
-                    except BaseException as exc:
-                        step = flow.failed(exc)
-                        if step is RERAISE:
-                            raise
-                    else:
-                        step = flow.returned(result)
-                elif step is RERAISE:
-                    raise first  # type: ignore[misc] # set whenever resume() ran
-                if step is DONE:
-                    return flow.value  # type: ignore[no-any-return]
-                if testing_state.sleep:
-                    self.clock.sleep(step)  # type: ignore[arg-type] # a delay, by elimination
-                step = None
-        finally:
-            flow.close()
+        return run(self.guard, fn, args, kwargs, no_retry)
 
     async def acall(self, fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any) -> _T:
         """The async :meth:`call`: the same flow, awaiting ``fn`` and the delays."""
-        return await self.acall_with(fn, args, kwargs)
+        return await arun(self.guard, fn, args, kwargs)
 
     async def acall_with(
         self,
@@ -229,64 +256,7 @@ class Resilience:
         no_retry: str | None = None,
     ) -> _T:
         """The async :meth:`call_with`."""
-        if self.fast and not _hooks.call_listeners:
-            token = self.acquire()
-            if token == REJECTED:
-                raise self._rejected()
-            started = self.now()
-            in_flight = self.in_flight
-            in_flight.append(None)
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-                first = exc
-            else:
-                self.record(token, False, started)  # noqa: FBT003 - hot path
-                return result
-            finally:
-                in_flight.pop()
-            return await self._aretry(fn, args, kwargs, no_retry, token, started, first)
-        if not self.enabled:
-            return await fn(*args, **kwargs)
-        return await self._aretry(fn, args, kwargs, no_retry, REJECTED, 0.0, None)
-
-    async def _aretry(
-        self,
-        fn: Callable[..., Awaitable[_T]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        no_retry: str | None,
-        token: int,
-        started: float,
-        first: BaseException | None,
-    ) -> _T:
-        """The async driver of :class:`Flow`: :meth:`_retry` with ``await``."""
-        flow = Flow(self, args, kwargs, no_retry)
-        try:
-            step = None if first is None else flow.resume(token, started, first)
-            while True:
-                if step is None:
-                    if not flow.admit():
-                        if flow.outcome == "rejected":
-                            raise flow.rejection
-                        return flow.value  # type: ignore[no-any-return]
-                    try:
-                        result = await fn(*args, **kwargs)
-                    except BaseException as exc:
-                        step = flow.failed(exc)
-                        if step is RERAISE:
-                            raise
-                    else:
-                        step = flow.returned(result)
-                elif step is RERAISE:
-                    raise first  # type: ignore[misc]
-                if step is DONE:
-                    return flow.value  # type: ignore[no-any-return]
-                if testing_state.sleep:
-                    await self.clock.asleep(step)  # type: ignore[arg-type]
-                step = None
-        finally:
-            flow.close()
+        return await arun(self.guard, fn, args, kwargs, no_retry)
 
     # -- context managers ------------------------------------------------------------
 
@@ -308,7 +278,7 @@ class Resilience:
                 if isinstance(item, Attempt):
                     yield item
                 elif testing_state.sleep:
-                    self.clock.sleep(item)
+                    self.guard.clock.sleep(item)
 
     async def aattempts(self) -> AsyncIterator[Attempt]:
         """The async :meth:`attempts`: ``async for attempt in res.aattempts(): with attempt: ...``."""
@@ -317,16 +287,17 @@ class Resilience:
                 if isinstance(item, Attempt):
                     yield item
                 elif testing_state.sleep:
-                    await self.clock.asleep(item)
+                    await self.guard.clock.asleep(item)
 
     def _blocks(self) -> Generator[Attempt | float, None, None]:
-        """The one loop behind both: yields each attempt, then the delay to wait
-        before the next (the drivers above do the waiting, sync or async).
+        """The drivers' loop for a block: yields each attempt, then the delay to
+        wait before the next (the two iterators above do the waiting).
         """
-        if not self.enabled:
+        guard = self.guard
+        if not guard.enabled:
             yield Attempt(None)
             return
-        flow = Flow(self, (), {})
+        flow = Flow(guard, (), {})
         try:
             while flow.admit():
                 attempt = Attempt(flow)
@@ -335,8 +306,7 @@ class Resilience:
                 if step is DONE or step is RERAISE:
                     return
                 yield step  # type: ignore[misc] # a delay, by elimination
-            if flow.outcome == "rejected":
-                raise flow.rejection
+            flow.end()
         finally:
             flow.close()
 
@@ -344,17 +314,18 @@ class Resilience:
 
     def __call__(self, fn: _F) -> _F:
         """Decorate a sync or async function so that every call goes through this policy."""
+        guard = self.guard
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall_with(fn, args, kwargs)
+                return await arun(guard, fn, args, kwargs)
 
             return cast("_F", async_wrapper)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.call_with(fn, args, kwargs)
+            return run(guard, fn, args, kwargs)
 
         return cast("_F", wrapper)
 

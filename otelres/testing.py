@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import threading
 from typing import TYPE_CHECKING
 
-from . import _hooks
-from ._breaker import CircuitBreaker
+from . import _events
+from ._breaker import CircuitBreaker, State, Transition
+from ._events import Event, Listener
 from ._flow import testing_state
-from ._hooks import Listener, State, Transition
 from ._registry import default_registry
 
 if TYPE_CHECKING:
@@ -105,17 +104,10 @@ def forced_state(breaker: CircuitBreaker | str, state: State | str) -> Iterator[
 testing_mode.__test__ = False  # type: ignore[attr-defined]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Event:
-    """One reported event: its kind and its figures."""
-
-    kind: str
-    breaker: str
-    fields: dict[str, object]
-
-
 class CapturedEvents(Listener):
-    """The events reported while :func:`capture_events` was active, in order.
+    """The events reported while :func:`capture_events` was active, in order:
+    the core's own :class:`~otelres.Event` records (``kind``, ``breaker``, the
+    figures; ``fields`` gives them by name).
 
     It listens per call, so every call takes the full flow while it is active.
     """
@@ -127,36 +119,11 @@ class CapturedEvents(Listener):
         self.events: list[Event] = []
         self.transitions: list[Transition] = []
 
-    def _add(self, kind: str, breaker: str, **fields: object) -> None:
+    def on_event(self, event: Event) -> None:  # noqa: D102 - see Listener
         with self._lock:
-            self.events.append(Event(kind, breaker, fields))
-
-    def on_transition(self, transition: Transition) -> None:  # noqa: D102 - see Listener
-        with self._lock:
-            self.transitions.append(transition)
-        self._add(
-            "transition",
-            transition.breaker,
-            from_state=transition.from_state,
-            to_state=transition.to_state,
-            failure_rate=transition.failure_rate,
-            seq=transition.seq,
-        )
-
-    def on_rejected(self, breaker: str, retry_after: float) -> None:  # noqa: D102
-        self._add("rejected", breaker, retry_after=retry_after)
-
-    def on_retry(self, breaker: str, attempt: int, delay: float, reason: str) -> None:  # noqa: D102
-        self._add("retry", breaker, attempt=attempt, delay=delay, reason=reason)
-
-    def on_retry_suppressed(self, breaker: str, attempt: int, reason: str) -> None:  # noqa: D102
-        self._add("retry_suppressed", breaker, attempt=attempt, reason=reason)
-
-    def on_exhausted(self, breaker: str, attempts: int, reason: str) -> None:  # noqa: D102
-        self._add("exhausted", breaker, attempts=attempts, reason=reason)
-
-    def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:  # noqa: D102
-        self._add("call", breaker, outcome=outcome, duration=duration, attempts=attempts)
+            self.events.append(event)
+            if event.transition is not None:
+                self.transitions.append(event.transition)
 
     def of(self, kind: str) -> list[Event]:
         """The events of one kind."""
@@ -167,8 +134,8 @@ class CapturedEvents(Listener):
 def capture_events() -> Iterator[CapturedEvents]:
     """Capture every event the core reports within the block."""
     captured = CapturedEvents()
-    _hooks.add_listener(captured)
+    _events.add_listener(captured)
     try:
         yield captured
     finally:
-        _hooks.remove_listener(captured)
+        _events.remove_listener(captured)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from otelres import _config, _hooks
+from otelres import _config, _events
 from otelres._flow import testing_state
 from otelres._registry import Registry, set_default_registry
 from otelres.testing import FakeClock
@@ -25,12 +25,13 @@ def _clean_otelres(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     _config.configure(None)
     previous_registry = set_default_registry(Registry())
-    previous_listeners = (_hooks.listeners, _hooks.call_listeners)
-    _hooks.listeners, _hooks.call_listeners = [], []
+    previous_listeners = (_events.listeners, _events.call_listeners)
+    _events.listeners, _events.call_listeners = (), ()
+    _events.failures.clear()
     attempts, sleep = testing_state.attempts, testing_state.sleep
     yield
     testing_state.attempts, testing_state.sleep = attempts, sleep
-    _hooks.listeners, _hooks.call_listeners = previous_listeners
+    _events.listeners, _events.call_listeners = previous_listeners
     set_default_registry(previous_registry)
     _config.configure(None)
 

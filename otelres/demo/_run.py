@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import structlog
 
 import otelres
-from otelres import _config, _instrument, telemetry
-from otelres._hooks import Listener, Transition
+from otelres import Event, Listener, Transition, _config, _instrument, telemetry
 from otelres._registry import default_registry
 from otelres._sdk import Signal, exporter_names
 from otelres.demo._upstream import PHASES, FlakyUpstream, Phase
@@ -92,7 +91,7 @@ class _Tally(Listener):
     total, and prints each transition as it happens.
     """
 
-    per_call = True  # outcomes come with on_call, which only per-call listeners hear
+    per_call = True  # outcomes come with the call events, which only per-call listeners hear
 
     def __init__(self, breaker: str, screen: _Screen, elapsed: Callable[[], float]) -> None:
         self._breaker = breaker
@@ -114,9 +113,19 @@ class _Tally(Listener):
             second, self.second = self.second, collections.Counter()
         return second
 
-    def on_transition(self, transition: Transition) -> None:
-        if transition.breaker != self._breaker:
+    def on_event(self, event: Event) -> None:
+        if event.breaker != self._breaker:
             return
+        if event.kind == "transition" and event.transition is not None:
+            self._transition(event.transition)
+        elif event.kind == "retry":
+            self._count("retries", f"retry:{event.reason}")
+        elif event.kind == "retry_suppressed":
+            self._count("suppressed", f"suppressed:{event.reason}")
+        elif event.kind == "call":
+            self._count(event.outcome)
+
+    def _transition(self, transition: Transition) -> None:
         was, now = transition.from_state.value, transition.to_state.value
         notes = [_NOTES.get((was, now), "")]
         if was == "closed":
@@ -128,18 +137,6 @@ class _Tally(Listener):
         suffix = f" ({note})" if note else ""
         self._screen(f"   >> {self._elapsed():5.1f}s  circuit {was} -> {now}{suffix}")
         self._count("transitions", f"to:{now}")
-
-    def on_retry(self, breaker: str, attempt: int, delay: float, reason: str) -> None:
-        if breaker == self._breaker:
-            self._count("retries", f"retry:{reason}")
-
-    def on_retry_suppressed(self, breaker: str, attempt: int, reason: str) -> None:
-        if breaker == self._breaker:
-            self._count("suppressed", f"suppressed:{reason}")
-
-    def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:
-        if breaker == self._breaker:
-            self._count(outcome)
 
 
 @contextlib.contextmanager

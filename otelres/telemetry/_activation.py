@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
-from otelres import _hooks
+from otelres import _events
 from otelres._sdk import has_meter_provider, has_tracer_provider
 
 from ._calls import CallTelemetry
@@ -60,7 +60,7 @@ def enable(
             _explicit = (tracer_provider or previous[0], meter_provider or previous[1])
         if _logs is None:
             _logs = LogEvents(rejected_log_interval)
-            _hooks.add_listener(_logs)
+            _events.add_listener(_logs)
         _enabled = True
         _watch_providers()
     _refresh()
@@ -73,10 +73,10 @@ def disable() -> None:
         _enabled = False
         _explicit = None
         if _logs is not None:
-            _hooks.remove_listener(_logs)
+            _events.remove_listener(_logs)
             _logs = None
         if _calls is not None:
-            _hooks.remove_listener(_calls)
+            _events.remove_listener(_calls)
             _calls = None
         _calls_for = (False, False)
         _unwatch_providers()
@@ -110,9 +110,9 @@ def _refresh() -> None:
             calls.start_metrics(meter_provider)
         if calls is not _calls:
             if _calls is not None:
-                _hooks.remove_listener(_calls)
+                _events.remove_listener(_calls)
             _calls = calls
-            _hooks.add_listener(calls)
+            _events.add_listener(calls)
         _calls_for = (tracing, metering)
 
 

@@ -12,20 +12,21 @@ per (breaker, label) and reused.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from otelres import _events
 from otelres._breaker import LIVE
-from otelres._hooks import Listener, Transition
+from otelres._events import Event, Listener
 
 from . import names
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from contextvars import Token
 
     from opentelemetry.context import Context
@@ -146,7 +147,7 @@ class CallTelemetry(Listener):
 
     # -- the call ---------------------------------------------------------------------------------
 
-    def on_call_start(self, breaker: str) -> object:
+    def start_call(self, breaker: str) -> object:
         """Start the call's span and make it current (None when tracing is off or suppressed)."""
         tracer = self._tracer
         if tracer is None or not is_instrumentation_enabled():
@@ -157,37 +158,28 @@ class CallTelemetry(Listener):
         token = otel_context.attach(trace.set_span_in_context(span))
         return span, token
 
-    def on_call(self, breaker: str, outcome: str, duration: float, attempts: int) -> None:
-        """Count the call (its duration is recorded in :meth:`on_call_end`)."""
-        m = self._m
-        if m is not None:
-            key = (breaker, outcome)
-            with m.lock:
-                m.calls[key] = m.calls.get(key, 0) + 1
-
-    def on_call_end(
-        self,
-        breaker: str,
-        scope: object,
-        outcome: str,
-        attempts: int,
-        duration: float,
-        error: BaseException | None,
-    ) -> None:
-        """End the call's span, then record the duration.
+    def end_call(self, event: Event, scope: object) -> None:
+        """Count the call, end its span, then record the duration.
 
         The duration is recorded after the span stopped being current: inside
         it, the SDK's default exemplar filter would offer every measurement to
         the exemplar reservoir, which costs more than the record itself.
         """
+        breaker, outcome = event.breaker, event.outcome
+        m = self._m
+        if m is not None:
+            key = (breaker, outcome)
+            with m.lock:
+                m.calls[key] = m.calls.get(key, 0) + 1
         if scope is not None:
             span, token = cast("tuple[trace.Span, Token[Context]]", scope)
             try:
-                attributes: dict[str, Any] = {names.ATTR_OUTCOME: outcome, names.ATTR_ATTEMPTS: attempts}
+                attributes: dict[str, Any] = {names.ATTR_OUTCOME: outcome, names.ATTR_ATTEMPTS: event.attempt}
                 span.set_attributes(attributes)
                 if outcome in _FAILED:
                     # The description names the error's type only: its message may
                     # carry a URL with credentials (the exception event has it all).
+                    error = event.error
                     if error is None:
                         description = "the last attempt's result was a failure"
                     elif isinstance(error, Exception):
@@ -199,32 +191,41 @@ class CallTelemetry(Listener):
                 span.end()
             finally:
                 otel_context.detach(token)
-        m = self._m
         if m is not None:
-            m.duration.record(duration, m.attributes(breaker, names.ATTR_OUTCOME, outcome))
+            m.duration.record(event.duration, m.attributes(breaker, names.ATTR_OUTCOME, outcome))
 
     # -- events ---------------------------------------------------------------------------------
 
-    def on_retry(self, breaker: str, attempt: int, delay: float, reason: str) -> None:
-        """Count the retry, record its delay, and add the event to the call's span."""
+    def on_event(self, event: Event) -> None:
+        """Count the event and add it to the current span (the call's, in a call)."""
+        handler = self._HANDLERS.get(event.kind)
+        if handler is not None:
+            handler(self, event)
+
+    def _retry(self, event: Event) -> None:
         m = self._m
         if m is not None:
-            attributes = m.attributes(breaker, names.ATTR_RETRY_REASON, reason)
+            attributes = m.attributes(event.breaker, names.ATTR_RETRY_REASON, event.reason)
             m.retries.add(1, attributes)
-            m.delay.record(delay, attributes)
-        _event(
+            m.delay.record(event.delay, attributes)
+        _span_event(
             names.EVENT_RETRY,
-            {names.ATTR_ATTEMPT: attempt, names.ATTR_RETRY_DELAY: delay, names.ATTR_RETRY_REASON: reason},
+            {
+                names.ATTR_ATTEMPT: event.attempt,
+                names.ATTR_RETRY_DELAY: event.delay,
+                names.ATTR_RETRY_REASON: event.reason,
+            },
         )
 
-    def on_retry_suppressed(self, breaker: str, attempt: int, reason: str) -> None:
-        """Count the retry that was not made."""
+    def _retry_suppressed(self, event: Event) -> None:
         m = self._m
         if m is not None:
-            m.suppressed.add(1, m.attributes(breaker, names.ATTR_RETRY_REASON, reason))
+            m.suppressed.add(1, m.attributes(event.breaker, names.ATTR_RETRY_REASON, event.reason))
 
-    def on_transition(self, transition: Transition) -> None:
-        """Count the transition and add it to the span that caused it."""
+    def _transition(self, event: Event) -> None:
+        transition = event.transition
+        if transition is None:  # pragma: no cover - a transition event always carries one
+            return
         from_state, to_state = transition.from_state.value, transition.to_state.value
         m = self._m
         if m is not None:
@@ -238,7 +239,7 @@ class CallTelemetry(Listener):
                 }
                 m.attrs[key] = attributes
             m.transitions.add(1, attributes)
-        _event(
+        _span_event(
             names.EVENT_CIRCUIT_TRANSITION,
             {
                 names.ATTR_FROM_STATE: from_state,
@@ -247,20 +248,27 @@ class CallTelemetry(Listener):
             },
         )
 
-    def on_degraded(self, part: str, reason: str) -> None:
-        """Count a handler part's fallback as a call with outcome ``fallback``."""
+    def _degraded(self, event: Event) -> None:
+        """A handler part's fallback counts as a call with outcome ``fallback``."""
         m = self._m
         if m is not None:
-            key = (part, "fallback")
+            key = (event.breaker, "fallback")
             with m.lock:
                 m.calls[key] = m.calls.get(key, 0) + 1
 
-    def on_rejected(self, breaker: str, retry_after: float) -> None:
-        """Add the rejection to the call's span."""
-        _event(names.EVENT_CIRCUIT_REJECTED, {names.ATTR_RETRY_AFTER: retry_after})
+    def _rejected(self, event: Event) -> None:
+        _span_event(names.EVENT_CIRCUIT_REJECTED, {names.ATTR_RETRY_AFTER: event.retry_after})
+
+    _HANDLERS: ClassVar[dict[str, Callable[[CallTelemetry, Event], None]]] = {
+        _events.RETRY: _retry,
+        _events.RETRY_SUPPRESSED: _retry_suppressed,
+        _events.TRANSITION: _transition,
+        _events.DEGRADED: _degraded,
+        _events.REJECTED: _rejected,
+    }
 
 
-def _event(name: str, attributes: dict[str, Any]) -> None:
+def _span_event(name: str, attributes: dict[str, Any]) -> None:
     """Add an event to the current span when it records (the call's span, in a call)."""
     span = trace.get_current_span()
     if span.is_recording():

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from opentelemetry import trace
 
-from otelres._hooks import Listener, State, Transition
+from otelres import _events
+from otelres._breaker import State
+from otelres._events import Event, Listener
 
 from . import names
 
@@ -52,39 +54,51 @@ class LogEvents(Listener):
         # breaker -> [time of the last line, rejections since]
         self._rejections: dict[str, list[float]] = {}
 
-    def on_retry(self, breaker: str, attempt: int, delay: float, reason: str) -> None:
-        self._log.info(
-            names.LOG_RETRY,
-            breaker=breaker,
-            attempt=attempt,
-            delay=round(delay, 6),
-            reason=reason,
-            **trace_ids(),
-        )
+    def on_event(self, event: Event) -> None:
+        """Write the event, if it is one an operator reads."""
+        kind = event.kind
+        log = self._log
+        if kind == _events.RETRY:
+            log.info(
+                names.LOG_RETRY,
+                breaker=event.breaker,
+                attempt=event.attempt,
+                delay=round(event.delay, 6),
+                reason=event.reason,
+                **trace_ids(),
+            )
+        elif kind == _events.RETRY_SUPPRESSED:
+            log.info(
+                names.LOG_RETRY_SUPPRESSED,
+                breaker=event.breaker,
+                attempt=event.attempt,
+                reason=event.reason,
+                **trace_ids(),
+            )
+        elif kind == _events.EXHAUSTED:
+            # The one WARN of a failing call (the semantic conventions' advice), not one per attempt.
+            log.warning(
+                names.LOG_RETRY_EXHAUSTED,
+                breaker=event.breaker,
+                attempts=event.attempt,
+                reason=event.reason,
+                **trace_ids(),
+            )
+        elif kind == _events.TRANSITION and event.transition is not None:
+            transition = event.transition
+            method = log.warning if transition.to_state in _OPENING else log.info
+            method(
+                names.LOG_CIRCUIT_TRANSITION,
+                breaker=transition.breaker,
+                from_state=transition.from_state.value,
+                to_state=transition.to_state.value,
+                failure_rate=round(transition.failure_rate, 4),
+                **trace_ids(),
+            )
+        elif kind == _events.REJECTED:
+            self._rejected(event.breaker, event.retry_after)
 
-    def on_retry_suppressed(self, breaker: str, attempt: int, reason: str) -> None:
-        self._log.info(
-            names.LOG_RETRY_SUPPRESSED, breaker=breaker, attempt=attempt, reason=reason, **trace_ids()
-        )
-
-    def on_exhausted(self, breaker: str, attempts: int, reason: str) -> None:
-        # The one WARN of a failing call (the semantic conventions' advice), not one per attempt.
-        self._log.warning(
-            names.LOG_RETRY_EXHAUSTED, breaker=breaker, attempts=attempts, reason=reason, **trace_ids()
-        )
-
-    def on_transition(self, transition: Transition) -> None:
-        method = self._log.warning if transition.to_state in _OPENING else self._log.info
-        method(
-            names.LOG_CIRCUIT_TRANSITION,
-            breaker=transition.breaker,
-            from_state=transition.from_state.value,
-            to_state=transition.to_state.value,
-            failure_rate=round(transition.failure_rate, 4),
-            **trace_ids(),
-        )
-
-    def on_rejected(self, breaker: str, retry_after: float) -> None:
+    def _rejected(self, breaker: str, retry_after: float) -> None:
         now = self._clock()
         with self._lock:
             entry = self._rejections.get(breaker)

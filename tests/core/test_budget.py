@@ -42,8 +42,14 @@ class HoldRefused(otelres.Listener):
         self.decided = decided
         self.held = 0
 
-    def on_retry_suppressed(self, breaker: str, attempt: int, reason: str) -> None:
-        if breaker == NAME and attempt == 1 and reason == "budget" and not self.release.is_set():
+    def on_event(self, event: otelres.Event) -> None:
+        if (
+            event.kind == "retry_suppressed"
+            and event.breaker == NAME
+            and event.attempt == 1
+            and event.reason == "budget"
+            and not self.release.is_set()
+        ):
             with self.decided:
                 self.held += 1
                 self.decided.notify_all()

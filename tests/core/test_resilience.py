@@ -721,7 +721,7 @@ def test_fallback_value_on_open_circuit(mode: str, clock: FakeClock, events: Cap
     res.breaker.force_open()
     assert run(mode, res, dep) == "cached"
     assert dep.attempts == 0
-    assert kinds(events) == ["rejected", "call"]
+    assert kinds(events) == ["rejected", "fallback", "call"]
     assert the_call(events) == {"outcome": "fallback", "duration": 0.0, "attempts": 0}
 
 

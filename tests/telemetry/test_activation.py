@@ -12,7 +12,7 @@ from telemetry_support import Script, resilience, run
 import otelres
 import otelres._resilience
 import otelres.telemetry
-from otelres import _hooks
+from otelres import _events
 from otelres._flow import Flow
 from otelres._sdk import has_meter_provider, has_tracer_provider
 from otelres.telemetry import names
@@ -36,16 +36,16 @@ def test_no_global_providers_in_the_test_process() -> None:
 def test_active_is_all_off_by_default() -> None:
     """Before enable(), active() reports nothing and no listener is registered."""
     assert otelres.telemetry.active() == OFF
-    assert _hooks.listeners == []
-    assert _hooks.call_listeners == []
+    assert _events.listeners == ()
+    assert _events.call_listeners == ()
 
 
 def test_enable_without_providers_keeps_the_fast_path(logs: Logs, mode: str) -> None:
     """With no providers anywhere, enable() registers the log listener only: no per-call listener."""
     otelres.telemetry.enable()
     assert otelres.telemetry.active() == {"logs": True, "traces": False, "metrics": False}
-    assert _hooks.call_listeners == []
-    assert len(_hooks.listeners) == 1
+    assert _events.call_listeners == ()
+    assert len(_events.listeners) == 1
     run(mode, resilience(), Script(ConnectionError, "ok"))
     assert [e["event"] for e in logs] == [names.LOG_RETRY]
 
@@ -53,8 +53,8 @@ def test_enable_without_providers_keeps_the_fast_path(logs: Logs, mode: str) -> 
 def test_enable_with_providers_registers_a_per_call_listener(otel: Otel) -> None:
     """Given providers, enable() reports traces and metrics through one per-call listener."""
     assert otelres.telemetry.active() == {"logs": True, "traces": True, "metrics": True}
-    assert len(_hooks.listeners) == 2
-    assert len(_hooks.call_listeners) == 1
+    assert len(_events.listeners) == 2
+    assert len(_events.call_listeners) == 1
 
 
 @pytest.mark.parametrize("signal", ["traces", "metrics"])
@@ -79,8 +79,8 @@ def test_disable_removes_everything(otel: Otel, logs: Logs, mode: str) -> None:
     """After disable(), no listener is left, active() is all off, and calls report nothing."""
     otelres.telemetry.disable()
     assert otelres.telemetry.active() == OFF
-    assert _hooks.listeners == []
-    assert _hooks.call_listeners == []
+    assert _events.listeners == ()
+    assert _events.call_listeners == ()
     res = resilience(breaker=otelres.BreakerPolicy(consecutive_failures=2))
     run(mode, res, Script(ConnectionError, "ok"))
     res.breaker.force_open()
@@ -99,8 +99,8 @@ def test_enable_twice_registers_nothing_twice(otel: Otel, logs: Logs, mode: str)
     """A second enable() with the same providers adds no listener: one span and one line per event."""
     otelres.telemetry.enable(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
     otelres.telemetry.enable()
-    assert len(_hooks.listeners) == 2
-    assert len(_hooks.call_listeners) == 1
+    assert len(_events.listeners) == 2
+    assert len(_events.call_listeners) == 1
     run(mode, resilience(), Script(ConnectionError, "ok"))
     assert len(otel.call_spans()) == 1
     assert [e["event"] for e in logs] == [names.LOG_RETRY]
@@ -112,8 +112,8 @@ def test_enable_twice_without_providers_registers_one_listener() -> None:
     """enable() twice with no providers keeps exactly one (log) listener."""
     otelres.telemetry.enable()
     otelres.telemetry.enable()
-    assert len(_hooks.listeners) == 1
-    assert _hooks.call_listeners == []
+    assert len(_events.listeners) == 1
+    assert _events.call_listeners == ()
 
 
 def test_enable_again_after_disable_reports_again(fresh_providers: Callable[[], Otel], mode: str) -> None:
@@ -134,7 +134,7 @@ def test_enable_with_new_providers_uses_them(fresh_providers: Callable[[], Otel]
     otelres.telemetry.enable(tracer_provider=second.tracer_provider)
     resilience().call(Script("ok"))
     assert (len(first.spans()), len(second.spans())) == (0, 1)
-    assert len(_hooks.call_listeners) == 1
+    assert len(_events.call_listeners) == 1
 
 
 def test_enable_with_the_other_provider_keeps_the_first(fresh_providers: Callable[[], Otel]) -> None:
@@ -146,7 +146,7 @@ def test_enable_with_the_other_provider_keeps_the_first(fresh_providers: Callabl
     resilience().call(Script("ok"))
     assert len(otel.call_spans()) == 1
     assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"success": 1}
-    assert len(_hooks.call_listeners) == 1
+    assert len(_events.call_listeners) == 1
 
 
 # -- the fast path, structurally ----------------------------------------------------------------

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import otelres
 import otelres.telemetry
-from otelres import _hooks
+from otelres import _events
 from otelres.testing import FakeClock
 
 NAME = %(name)r
@@ -47,8 +47,8 @@ out = {}
 def state(label):
     out[label] = {
         "active": otelres.telemetry.active(),
-        "listeners": len(_hooks.listeners),
-        "call_listeners": len(_hooks.call_listeners),
+        "listeners": len(_events.listeners),
+        "call_listeners": len(_events.call_listeners),
     }
 
 
