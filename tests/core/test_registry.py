@@ -12,6 +12,7 @@ import pytest
 import otelres
 from otelres import _config
 from otelres._registry import OVERFLOW, set_default_registry
+from otelres._resilience import run
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -331,3 +332,73 @@ def test_isolation_probe_registers_a_breaker() -> None:
 def test_isolation_probe_is_gone_in_the_next_test() -> None:
     """...is not in the default registry of the next test (conftest swaps it per test)."""
     assert LEAK not in [b.name for b in otelres.default_registry().breakers()]
+
+
+# -- guards: the composition root --------------------------------------------------------------
+
+
+FIVE_XX = otelres.Profile("http-like", failure_result=lambda status: status >= 500)
+
+
+def test_callers_share_one_breaker_and_each_judges_its_own_attempts(clock: FakeClock) -> None:
+    """A decorator built first and a client profile built second share the breaker, and the second's
+    verdict (5xx results are failures) is not dropped: its 503s open the circuit."""
+    reg = otelres.Registry(otelres.load_settings(env={"OTELRES_BREAKER_MINIMUM_CALLS": "4"}), clock=clock)
+    generic = reg.guard("http://api:80")
+    client = reg.guard("http://api:80", FIVE_XX)
+    assert generic.breaker is client.breaker
+    assert generic.budget is client.budget
+    for _ in range(4):
+        assert (
+            run(generic, lambda: 503, (), {}) == 503
+        )  # a result means nothing to the generic caller
+    assert client.breaker.state is otelres.State.CLOSED
+    for _ in range(4):
+        run(client, lambda: 503, (), {})
+    assert client.breaker.state is otelres.State.OPEN
+
+
+def test_shared_guards_are_built_once_and_rebuilt_with_new_settings() -> None:
+    """The same (name, profile) gets the same guard until the settings are replaced; then a new one
+    with the new policies, over the same breaker (its state is kept)."""
+    reg = otelres.Registry()
+    first = reg.guard("https://api.example.com:443", FIVE_XX)
+    assert reg.guard("https://api.example.com:443", FIVE_XX) is first
+    assert reg.guard("https://api.example.com:443") is not first
+    _config.configure(otelres.load_settings(env={"OTELRES_RETRY_ATTEMPTS": "5"}))
+    second = reg.guard("https://api.example.com:443", FIVE_XX)
+    assert second is not first
+    assert (first.retry.attempts, second.retry.attempts) == (3, 5)
+    assert second.breaker is first.breaker
+
+
+def test_guards_past_the_cap_share_the_overflow_and_stay_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    """Past max_breakers every new name gets the overflow guard of its profile: no guard per name."""
+    reg = registry(OTELRES_MAX_BREAKERS="3")
+    with caplog.at_level(logging.WARNING, logger="otelres"):
+        guards = [reg.guard(f"https://h{i}.example.com:443", FIVE_XX) for i in range(200)]
+    assert {g.name for g in guards[3:]} == {OVERFLOW}
+    assert len({id(g) for g in guards[3:]}) == 1
+    assert len(reg._guards[FIVE_XX]) == 4  # three names and the overflow
+    assert len(overflow_warnings(caplog)) == 1
+
+
+def test_call_site_options_make_a_guard_of_their_own(clock: FakeClock) -> None:
+    """A BreakerPolicy makes a private breaker and budget judged by that policy; no option reuses the shared one."""
+    reg = otelres.Registry()
+    policy = otelres.BreakerPolicy(consecutive_failures=1)
+    own = reg.guard("dep", breaker=policy, clock=clock)
+    shared = reg.guard("dep")
+    assert own.breaker is not shared.breaker
+    assert own.budget is not shared.budget
+    assert own.judge is policy
+    assert own.breaker.clock is clock
+
+
+def test_guard_rejects_a_bad_name_and_a_bad_breaker() -> None:
+    """A name that is not a non-empty string, or a breaker of the wrong kind, is a ConfigError naming the key."""
+    reg = otelres.Registry()
+    with pytest.raises(otelres.ConfigError, match="invalid value for name"):
+        reg.guard("")
+    with pytest.raises(otelres.ConfigError, match="invalid value for breaker"):
+        reg.guard("dep", breaker="closed")  # type: ignore[arg-type]
