@@ -384,7 +384,7 @@ def test_guards_past_the_cap_share_the_overflow_and_stay_bounded(caplog: pytest.
 
 
 def test_call_site_options_make_a_guard_of_their_own(clock: FakeClock) -> None:
-    """A BreakerPolicy makes a private breaker and budget judged by that policy; no option reuses the shared one."""
+    """A BreakerPolicy makes a private breaker and budget judged by that policy, apart from the shared one."""
     reg = otelres.Registry()
     policy = otelres.BreakerPolicy(consecutive_failures=1)
     own = reg.guard("dep", breaker=policy, clock=clock)
@@ -396,7 +396,7 @@ def test_call_site_options_make_a_guard_of_their_own(clock: FakeClock) -> None:
 
 
 def test_guard_rejects_a_bad_name_and_a_bad_breaker() -> None:
-    """A name that is not a non-empty string, or a breaker of the wrong kind, is a ConfigError naming the key."""
+    """An empty name, or a breaker of the wrong kind, is a ConfigError naming the key."""
     reg = otelres.Registry()
     with pytest.raises(otelres.ConfigError, match="invalid value for name"):
         reg.guard("")
