@@ -6,10 +6,17 @@ is replaced by its fallback; the rest of the response is served as usual, and
 the ``X-Degraded`` header of the server middleware names the part that fell
 back. Only the errors named by ``on`` are replaced: by default an open circuit
 and exhausted retries. A cancellation or an interpreter exit is never one.
+
+This module also owns the request's degraded set (:data:`DEGRADED`): the
+middleware opens a fresh one per request with :func:`degraded_parts` and reads
+it for the header; :func:`degrade` and the core's fallbacks write to it with
+:func:`note_degraded`. Whoever falls back says so here, directly: no listener
+has to be registered for the header to be right.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -17,14 +24,63 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from . import _hooks
 from ._errors import CircuitOpenError, ConfigError, RetryError
 from ._policy import as_exception_predicate
-from ._server import note_degraded
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import TracebackType
 
-__all__ = ["degrade"]
+__all__ = ["DEGRADED", "degrade", "degraded_parts", "note_degraded"]
 
 _F = TypeVar("_F", bound="Callable[..., Any]")
+
+#: The parts (breaker names, or the names ``degrade`` was given) that fell back
+#: while handling the current request, or None outside a request. The middleware
+#: opens a fresh set per request (:func:`degraded_parts`); the set is shared (not
+#: copied) with tasks and threads started from the request's context, so their
+#: fallbacks count too.
+DEGRADED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("otelres_degraded", default=None)
+
+
+def note_degraded(part: str) -> None:
+    """Record that ``part`` fell back while handling the current request (no-op
+    outside a request).
+    """
+    parts = DEGRADED.get()
+    if parts is not None:
+        parts.add(part)
+
+
+class _DegradedParts:
+    """The context manager :func:`degraded_parts` returns (a class, not a generator:
+    it runs on every request, and this is the cheaper of the two).
+    """
+
+    __slots__ = ("_token", "parts")
+
+    _token: contextvars.Token[set[str] | None]
+
+    def __init__(self) -> None:
+        self.parts: set[str] = set()
+
+    def __enter__(self) -> set[str]:
+        self._token = DEGRADED.set(self.parts)
+        return self.parts
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        DEGRADED.reset(self._token)
+
+
+def degraded_parts() -> _DegradedParts:
+    """A fresh degraded set for one request, as a context manager: inside
+    ``with degraded_parts() as parts:``, :func:`note_degraded` writes to ``parts``;
+    on exit the previous set (None outside a request) is restored.
+    """
+    return _DegradedParts()
 
 
 def _part(name: str | None, exc: Exception, fn: Callable[..., Any]) -> str:
@@ -38,7 +94,9 @@ def _part(name: str | None, exc: Exception, fn: Callable[..., Any]) -> str:
 
 
 def _report(part: str, exc: Exception) -> None:
-    """Note the part in the current response's ``X-Degraded`` and tell the listeners."""
+    """Note the part in the current response's ``X-Degraded`` (here, once: no listener
+    notes it again) and tell the listeners.
+    """
     note_degraded(part)
     if _hooks.listeners:
         _hooks.emit_fallback(part, type(exc).__name__)

@@ -1,94 +1,12 @@
 """ASGI middleware: health probes, a per-request deadline and the fail-fast 503.
 
-Pure ASGI (not Starlette's ``BaseHTTPMiddleware``, which runs the app in another
-task and drops context variables): the deadline is set in the request's own task
-context, so every call the handler makes, and every task it starts, sees it.
-``lifespan`` and ``websocket`` scopes pass through untouched::
+The public path of :mod:`otelres.server.asgi`, where the code lives::
 
     app = ResilienceMiddleware(app, deadline=5.0)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from ._deadline import deadline as _deadline
-from ._errors import CircuitOpenError
-from ._server import DEGRADED, Middleware, Response, circuit_open_response, degraded_header
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, MutableMapping
-
-    Scope = MutableMapping[str, Any]
-    Message = MutableMapping[str, Any]
-    Receive = Callable[[], Awaitable[Message]]
-    Send = Callable[[Message], Awaitable[None]]
-    ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from otelres.server.asgi import ResilienceMiddleware
 
 __all__ = ["ResilienceMiddleware"]
-
-
-class ResilienceMiddleware(Middleware["ASGIApp"]):
-    """ASGI middleware: ``GET live_path`` and ``GET ready_path`` answer the probes;
-    every other HTTP request runs the app under a deadline (the least of
-    ``deadline``, the ``deadline_header`` value and ``max_deadline``), and an
-    uncaught :class:`~otelres.CircuitOpenError` becomes a 503 with ``Retry-After``.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer a probe, or run the app under the request's deadline."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        server = self.server
-        probe = server.probe(scope.get("method", ""), scope.get("path", ""))
-        if probe == "live":
-            await _answer(server.live_response(), send)
-            return
-        if probe == "ready":
-            report = await server.readiness.evaluate()
-            query = scope.get("query_string", b"").decode("latin-1")
-            await _answer(server.ready_response(report, query), send)
-            return
-        header = None
-        key = server.asgi_key
-        if key is not None:
-            for name, value in scope.get("headers", ()):
-                if name.lower() == key:
-                    header = value.decode("latin-1")
-                    break
-        seconds = server.deadline_for(header)
-        degraded: set[str] = set()
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                extra = degraded_header(degraded)
-                if extra is not None:
-                    pair = (extra[0].lower().encode("latin-1"), extra[1].encode("latin-1"))
-                    message = {**message, "headers": [*message.get("headers", ()), pair]}
-            await send(message)
-
-        token = DEGRADED.set(degraded)
-        try:
-            if seconds is None:
-                await self.app(scope, receive, send_wrapper)
-            else:
-                with _deadline(seconds):
-                    await self.app(scope, receive, send_wrapper)
-        except CircuitOpenError as error:
-            if started:
-                raise
-            server.log_rejected(error)
-            await _answer(circuit_open_response(error), send)
-        finally:
-            DEGRADED.reset(token)
-
-
-async def _answer(response: Response, send: Send) -> None:
-    status, headers, body = response
-    raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})

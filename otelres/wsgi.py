@@ -1,119 +1,12 @@
 """WSGI middleware: health probes, a per-request deadline and the fail-fast 503.
 
-Wrap the WSGI app (Flask's ``app.wsgi_app``, Django's ``application``)::
+The public path of :mod:`otelres.server.wsgi`, where the code lives::
 
     app.wsgi_app = ResilienceMiddleware(app.wsgi_app, deadline=5.0)
-
-It composes with OpenTelemetry's ``OpenTelemetryMiddleware`` for server spans.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any
-
-from ._clock import MONOTONIC
-from ._deadline import deadline as _deadline
-from ._errors import CircuitOpenError
-from ._server import (
-    DEGRADED,
-    Middleware,
-    Response,
-    circuit_open_response,
-    degraded_header,
-    status_line,
-)
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
-    from types import TracebackType
-
-    _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
-    StartResponse = Callable[..., Callable[[bytes], object]]
-    WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+from otelres.server.wsgi import ResilienceMiddleware
 
 __all__ = ["ResilienceMiddleware"]
-
-
-class ResilienceMiddleware(Middleware["WSGIApp"]):
-    """WSGI middleware: ``GET live_path`` and ``GET ready_path`` answer the probes;
-    every other request runs the app under a deadline (the least of ``deadline``,
-    the ``deadline_header`` value and ``max_deadline``), and an uncaught
-    :class:`~otelres.CircuitOpenError` becomes a 503 with ``Retry-After``.
-    """
-
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """Answer a probe, or run the app under the request's deadline."""
-        server = self.server
-        probe = server.probe(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
-        if probe == "live":
-            return _answer(server.live_response(), start_response)
-        if probe == "ready":
-            report = server.readiness.evaluate_sync()
-            return _answer(server.ready_response(report, environ.get("QUERY_STRING", "")), start_response)
-        key = server.environ_key
-        seconds = server.deadline_for(environ.get(key) if key is not None else None)
-        degraded: set[str] = set()
-        written = False
-        called = False
-
-        def write_started(write: Callable[[bytes], object]) -> Callable[[bytes], object]:
-            def write_body(data: bytes) -> object:
-                nonlocal written
-                written = True
-                return write(data)
-
-            return write_body
-
-        def start(status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None) -> Any:
-            nonlocal called
-            called = True
-            extra = degraded_header(degraded)
-            if extra is not None:
-                headers = [*headers, extra]
-            return write_started(start_response(status, headers, exc_info))
-
-        token = DEGRADED.set(degraded)
-        try:
-            if seconds is None:
-                return self.app(environ, start)
-            with _deadline(seconds) as limit:
-                result = self.app(environ, start)
-            return _Body(result, limit)
-        except CircuitOpenError as error:
-            if written:
-                raise
-            server.log_rejected(error)
-            return _answer(circuit_open_response(error), start_response, sys.exc_info() if called else None)
-        finally:
-            DEGRADED.reset(token)
-
-
-def _answer(response: Response, start_response: StartResponse, exc_info: Any = None) -> list[bytes]:
-    status, headers, body = response
-    start_response(status_line(status), headers, exc_info)
-    return [body]
-
-
-class _Body:
-    """The app's body, iterated under the request's deadline (a streamed body makes
-    calls too); ``close()`` is passed on as WSGI requires.
-    """
-
-    def __init__(self, result: Iterable[bytes], limit: float) -> None:
-        self._result = result
-        self._limit = limit
-
-    def __iter__(self) -> Iterator[bytes]:
-        chunks = iter(self._result)
-        while True:
-            with _deadline(max(0.0, self._limit - MONOTONIC.monotonic())):
-                chunk = next(chunks, None)
-            if chunk is None:
-                return
-            yield chunk
-
-    def close(self) -> None:
-        close = getattr(self._result, "close", None)
-        if close is not None:
-            close()

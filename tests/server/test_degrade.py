@@ -9,10 +9,9 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 
 from otelres import _hooks, wsgi
-from otelres._degrade import degrade
+from otelres._degrade import DEGRADED, degrade, degraded_parts, note_degraded
 from otelres._errors import CircuitOpenError, ConfigError, RetryError
 from otelres._hooks import Listener
-from otelres._server import DEGRADED
 
 
 class Fallbacks(Listener):
@@ -215,6 +214,51 @@ def test_degraded_noted_outside_request_is_harmless() -> None:
 
     assert DEGRADED.get() is None
     assert recommendations() == "fallback"
+
+
+class CountingSet(set[str]):
+    """A degraded set that counts how often a part is noted into it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adds = 0
+
+    def add(self, element: str) -> None:
+        self.adds += 1
+        super().add(element)
+
+
+def test_a_degraded_part_is_noted_once() -> None:
+    """degrade() notes its part in the request's set exactly once, with a middleware and a listener about."""
+    wsgi.ResilienceMiddleware(lambda _environ, _start: [])
+    _hooks.add_listener(Fallbacks())
+
+    @degrade("fallback")
+    def recommendations() -> str:
+        raise open_circuit()
+
+    parts = CountingSet()
+    token = DEGRADED.set(parts)
+    try:
+        assert recommendations() == "fallback"
+    finally:
+        DEGRADED.reset(token)
+    assert parts == {"http://recs:80"}
+    assert parts.adds == 1
+
+
+def test_degraded_parts_opens_a_fresh_set_and_restores_the_previous_one() -> None:
+    """degraded_parts() gives its block its own set and puts the outer one back on exit, also on error."""
+    assert DEGRADED.get() is None
+    with degraded_parts() as outer:
+        note_degraded("reviews")
+        with pytest.raises(KeyError), degraded_parts() as inner:
+            note_degraded("pricing")
+            raise KeyError("x")
+        assert DEGRADED.get() is outer
+    assert DEGRADED.get() is None
+    assert outer == {"reviews"}
+    assert inner == {"pricing"}
 
 
 def _call_wsgi(app: Any) -> tuple[str, list[tuple[str, str]], bytes]:

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from otelres import CircuitOpenError
 from otelres._errors import OtelresError
-from otelres.instrumentation.frameworks import FrameworksInstrumentor
+from otelres.server._frameworks import FrameworksInstrumentor
 
 with warnings.catch_warnings():
     # Starlette's test client would rather have httpx2; httpx is what is installed.

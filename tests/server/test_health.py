@@ -451,7 +451,7 @@ def test_postgres_check_asyncpg(pg_server: Any, monkeypatch: pytest.MonkeyPatch)
     def no_psycopg(name: str, *args: Any) -> Any:
         return None if name == "psycopg" else find_spec(name, *args)
 
-    monkeypatch.setattr(health.importlib.util, "find_spec", no_psycopg)
+    monkeypatch.setattr(importlib.util, "find_spec", no_psycopg)
     check = postgres_check(pg_dsn(pg_server))
     assert asyncio.iscoroutinefunction(check)
     ready = Readiness(timeout=WAIT, cache_seconds=0)
@@ -467,7 +467,7 @@ def test_postgres_check_asyncpg(pg_server: Any, monkeypatch: pytest.MonkeyPatch)
 
 def test_postgres_check_needs_a_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     """With neither psycopg nor asyncpg, postgres_check says what to install."""
-    monkeypatch.setattr(health.importlib.util, "find_spec", lambda *_: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda *_: None)
     with pytest.raises(ModuleNotFoundError, match="psycopg or asyncpg"):
         postgres_check("postgresql://db/app")
 

@@ -16,8 +16,9 @@ import requests
 from server_stubs import StubReadiness, StubReport
 
 import otelres
-from otelres import _server, asgi, wsgi
+from otelres import asgi, wsgi
 from otelres._deadline import time_left
+from otelres._degrade import note_degraded
 
 Scope = MutableMapping[str, Any]
 
@@ -41,8 +42,8 @@ def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
         start_response("200 OK", [("Content-Type", "text/plain")])
         raise otelres.CircuitOpenError("db", 0.2)
     if path == "/degraded":
-        _server.note_degraded("reviews")
-        _server.note_degraded("pricing")
+        note_degraded("reviews")
+        note_degraded("pricing")
     if path == "/together" and _barrier is not None:
         _barrier.wait()
     left = time_left()
@@ -177,8 +178,15 @@ def test_malformed_header_is_counted_and_logged_at_debug(caplog: pytest.LogCaptu
     app = wsgi.ResilienceMiddleware(wsgi_app)
     with caplog.at_level(logging.DEBUG, logger="otelres"):
         call_wsgi(app, "/", X_REQUEST_TIMEOUT="soon")
-    assert app.server.malformed_headers == 1
+    assert app.rules.malformed_headers == 1
     assert [r.levelno for r in caplog.records if r.name.startswith("otelres")] == [logging.DEBUG]
+
+
+def test_server_attribute_is_a_deprecated_alias_of_rules() -> None:
+    """ResilienceMiddleware.server (the old name) still gives the rules, with a DeprecationWarning."""
+    app = wsgi.ResilienceMiddleware(wsgi_app)
+    with pytest.warns(DeprecationWarning, match=r"\.rules"):
+        assert app.server is app.rules
 
 
 def test_streamed_body_runs_under_the_deadline() -> None:
@@ -263,7 +271,7 @@ async def asgi_app(scope: Scope, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         raise otelres.CircuitOpenError("cache", 1.0)
     if path == "/degraded":
-        _server.note_degraded("recommendations")
+        note_degraded("recommendations")
     if path == "/together":
         _together.append(None)
         if len(_together) == 2:

@@ -1,36 +1,36 @@
 """The request logic the WSGI and ASGI middlewares share, without any I/O.
 
-Each middleware is a thin driver: it asks :class:`Server` what to do with a
-request (answer a probe, or run the app under a deadline), and turns a
+Each middleware is a thin driver: it asks its :class:`RequestRules` what to do
+with a request (answer a probe, or run the app under a deadline), and turns a
 :class:`~otelres.CircuitOpenError` into the 503 response :func:`circuit_open_response`
-builds. Nothing here reads a socket, awaits or sleeps.
+builds (the framework glue in :mod:`otelres.server._frameworks` builds the same
+one). Nothing here reads a socket, awaits or sleeps.
 """
 
 from __future__ import annotations
 
-import contextvars
 import http
 import json
 import logging
 import math
 import threading
+import warnings
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
-from ._errors import ConfigError
-from ._hooks import Listener, add_listener
+from otelres._errors import ConfigError
 
 if TYPE_CHECKING:
-    from ._errors import CircuitOpenError
+    from otelres._errors import CircuitOpenError
 
 __all__ = [
-    "DEGRADED",
+    "Middleware",
     "ReadinessLike",
     "ReportLike",
+    "RequestRules",
     "Response",
-    "Server",
     "circuit_open_response",
     "degraded_header",
-    "note_degraded",
+    "log_rejected",
     "parse_deadline",
     "status_line",
 ]
@@ -40,16 +40,11 @@ _log = logging.getLogger("otelres.server")
 #: A response the middleware answers on its own: status, headers, body.
 Response = tuple[int, list[tuple[str, str]], bytes]
 
-#: The breaker names that fell back while handling the current request, or None
-#: outside a request. The middleware sets a fresh set per request; the set is
-#: shared (not copied) with tasks and threads started from the request's context.
-DEGRADED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("otelres_degraded", default=None)
-
 _JSON = ("Content-Type", "application/json")
 
 
 class ReportLike(Protocol):
-    """What the middleware needs of ``otelres.health.Report``."""
+    """What the middleware needs of :class:`otelres.health.Report`."""
 
     @property
     def http_status(self) -> int:
@@ -66,7 +61,7 @@ class ReportLike(Protocol):
 
 
 class ReadinessLike(Protocol):
-    """What the middleware needs of ``otelres.health.Readiness``."""
+    """What the middleware needs of :class:`otelres.health.Readiness`."""
 
     async def evaluate(self) -> ReportLike:
         """Run the checks (async servers)."""
@@ -77,34 +72,8 @@ class ReadinessLike(Protocol):
         ...
 
 
-class _DegradedListener(Listener):
-    """Notes every fallback in the request being handled (an event listener:
-    it costs the fast path nothing; a fallback never takes the fast path).
-    """
-
-    def on_fallback(self, breaker: str, reason: str) -> None:  # noqa: ARG002 - the interface
-        note_degraded(breaker)
-
-
-_degraded_listener = _DegradedListener()
-
-
-def listen_for_fallbacks() -> None:
-    """Register the one listener that feeds ``X-Degraded`` (idempotent)."""
-    add_listener(_degraded_listener)
-
-
-def note_degraded(breaker: str) -> None:
-    """Record that ``breaker``'s call fell back while handling the current request
-    (no-op outside a request).
-    """
-    names = DEGRADED.get()
-    if names is not None:
-        names.add(breaker)
-
-
 def degraded_header(names: set[str] | None) -> tuple[str, str] | None:
-    """The ``X-Degraded`` header naming the breakers that fell back, or None."""
+    """The ``X-Degraded`` header naming the parts (breakers) that fell back, or None."""
     if not names:
         return None
     return ("X-Degraded", ",".join(sorted(names)))
@@ -129,6 +98,13 @@ def status_line(status: int) -> str:
         return f"{status} {http.HTTPStatus(status).phrase}"
     except ValueError:
         return str(status)
+
+
+def log_rejected(error: CircuitOpenError) -> None:
+    """One warning line for a request answered 503 (no traceback): the middlewares'
+    and the frameworks' line alike.
+    """
+    _log.warning("answered 503: circuit %r is open (retry after %.1f s)", error.breaker, error.retry_after)
 
 
 def circuit_open_response(error: CircuitOpenError) -> Response:
@@ -161,8 +137,10 @@ def _check_seconds(key: str, value: float | None, *, optional: bool) -> None:
         raise ConfigError(key, value, "a number of seconds > 0" + (" or None" if optional else ""))
 
 
-class Server:
-    """The decisions of one middleware instance: probes, deadlines, the 503 mapping."""
+class RequestRules:
+    """The decisions of one middleware instance about a request: is it a probe,
+    and which one; how long may it run (its deadline); what the probes answer.
+    """
 
     def __init__(
         self,
@@ -193,13 +171,12 @@ class Server:
         self._lock = threading.Lock()
         #: How many requests carried a malformed or non-positive deadline header (ignored).
         self.malformed_headers = 0
-        listen_for_fallbacks()
 
     @property
     def readiness(self) -> ReadinessLike:
         """The readiness given, else a default one (breaker states only), built on first use."""
         if self._readiness is None:
-            from .health import Readiness  # noqa: PLC0415 - lazily: health may pull optional clients
+            from otelres.server.health import Readiness  # noqa: PLC0415 - lazily: only probes need it
 
             self._readiness = Readiness()
         return self._readiness
@@ -216,7 +193,7 @@ class Server:
 
     def live_response(self) -> Response:
         """The liveness answer: the process answers; no check runs."""
-        from .health import liveness_report  # noqa: PLC0415
+        from otelres.server.health import liveness_report  # noqa: PLC0415 - lazily, as above
 
         report = liveness_report()
         return _probe_response(report.to_json(), report.http_status, "application/json")
@@ -249,12 +226,6 @@ class Server:
             asked = configured
         return min(asked, self.max_deadline)
 
-    def log_rejected(self, error: CircuitOpenError) -> None:
-        """One warning line for a request answered 503 (no traceback)."""
-        _log.warning(
-            "answered 503: circuit %r is open (retry after %.1f s)", error.breaker, error.retry_after
-        )
-
 
 def _verbose(query: str) -> bool:
     return any(part.partition("=")[0] == "verbose" for part in query.split("&"))
@@ -264,7 +235,7 @@ _App = TypeVar("_App")
 
 
 class Middleware(Generic[_App]):
-    """What both middlewares are built from: the wrapped app and its :class:`Server`."""
+    """What both middlewares are built from: the wrapped app and its :class:`RequestRules`."""
 
     def __init__(
         self,
@@ -278,7 +249,8 @@ class Middleware(Generic[_App]):
         max_deadline: float = 30.0,
     ) -> None:
         self.app = app
-        self.server = Server(
+        #: This instance's decisions (probes, deadlines); ``malformed_headers`` counts ignored headers.
+        self.rules = RequestRules(
             readiness=readiness,
             live_path=live_path,
             ready_path=ready_path,
@@ -286,3 +258,13 @@ class Middleware(Generic[_App]):
             deadline_header=deadline_header,
             max_deadline=max_deadline,
         )
+
+    @property
+    def server(self) -> RequestRules:
+        """Deprecated: the old name of :attr:`rules`."""
+        warnings.warn(
+            "ResilienceMiddleware.server is deprecated: use ResilienceMiddleware.rules",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.rules

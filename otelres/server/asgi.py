@@ -1,0 +1,99 @@
+"""ASGI middleware: health probes, a per-request deadline and the fail-fast 503.
+
+Pure ASGI (not Starlette's ``BaseHTTPMiddleware``, which runs the app in another
+task and drops context variables): the deadline is set in the request's own task
+context, so every call the handler makes, and every task it starts, sees it.
+``lifespan`` and ``websocket`` scopes pass through untouched::
+
+    app = ResilienceMiddleware(app, deadline=5.0)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from otelres._deadline import deadline as _deadline
+from otelres._degrade import degraded_parts
+from otelres._errors import CircuitOpenError
+from otelres.server._core import (
+    Middleware,
+    Response,
+    circuit_open_response,
+    degraded_header,
+    log_rejected,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, MutableMapping
+
+    Scope = MutableMapping[str, Any]
+    Message = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[Message]]
+    Send = Callable[[Message], Awaitable[None]]
+    ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+__all__ = ["ResilienceMiddleware"]
+
+
+class ResilienceMiddleware(Middleware["ASGIApp"]):
+    """ASGI middleware: ``GET live_path`` and ``GET ready_path`` answer the probes;
+    every other HTTP request runs the app under a deadline (the least of
+    ``deadline``, the ``deadline_header`` value and ``max_deadline``), and an
+    uncaught :class:`~otelres.CircuitOpenError` becomes a 503 with ``Retry-After``.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a probe, or run the app under the request's deadline."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rules = self.rules
+        probe = rules.probe(scope.get("method", ""), scope.get("path", ""))
+        if probe == "live":
+            await _answer(rules.live_response(), send)
+            return
+        if probe == "ready":
+            report = await rules.readiness.evaluate()
+            query = scope.get("query_string", b"").decode("latin-1")
+            await _answer(rules.ready_response(report, query), send)
+            return
+        header = None
+        key = rules.asgi_key
+        if key is not None:
+            for name, value in scope.get("headers", ()):
+                if name.lower() == key:
+                    header = value.decode("latin-1")
+                    break
+        seconds = rules.deadline_for(header)
+        started = False
+
+        with degraded_parts() as degraded:
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal started
+                if message["type"] == "http.response.start":
+                    started = True
+                    extra = degraded_header(degraded)
+                    if extra is not None:
+                        pair = (extra[0].lower().encode("latin-1"), extra[1].encode("latin-1"))
+                        message = {**message, "headers": [*message.get("headers", ()), pair]}
+                await send(message)
+
+            try:
+                if seconds is None:
+                    await self.app(scope, receive, send_wrapper)
+                else:
+                    with _deadline(seconds):
+                        await self.app(scope, receive, send_wrapper)
+            except CircuitOpenError as error:
+                if started:
+                    raise
+                log_rejected(error)
+                await _answer(circuit_open_response(error), send)
+
+
+async def _answer(response: Response, send: Send) -> None:
+    status, headers, body = response
+    raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
