@@ -21,7 +21,7 @@ import functools
 import inspect
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from . import _hooks
+from . import _events
 from ._errors import CircuitOpenError, ConfigError, RetryError
 from ._policy import as_exception_predicate
 
@@ -98,9 +98,10 @@ def _report(part: str, exc: Exception) -> None:
     notes it again) and tell the listeners.
     """
     note_degraded(part)
-    if _hooks.listeners:
-        _hooks.emit_fallback(part, type(exc).__name__)
-        _hooks.emit_degraded(part, type(exc).__name__)
+    if _events.listeners:
+        reason = type(exc).__name__
+        _events.emit(_events.Event(_events.FALLBACK, part, reason=reason))
+        _events.emit(_events.Event(_events.DEGRADED, part, reason=reason))
 
 
 def degrade(
@@ -118,7 +119,7 @@ def degrade(
     by default :class:`~otelres.CircuitOpenError` and :class:`~otelres.RetryError`.
     The part is named ``name``, else by the error's breaker, else by the
     function's ``__qualname__``: it goes into the request's ``X-Degraded`` header
-    and to the listeners' ``on_fallback``. Only :class:`Exception` is ever
+    and to the listeners as ``fallback`` and ``degraded`` events. Only :class:`Exception` is ever
     replaced: never a cancellation, ``KeyboardInterrupt`` or ``SystemExit``.
     """
     if on is None:

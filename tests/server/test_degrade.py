@@ -1,4 +1,4 @@
-"""otelres._degrade.degrade: handler-level fallbacks, X-Degraded and on_fallback."""
+"""otelres._degrade.degrade: handler-level fallbacks, X-Degraded and fallback events."""
 
 from __future__ import annotations
 
@@ -8,20 +8,21 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
-from otelres import _hooks, wsgi
+from otelres import _events, wsgi
 from otelres._degrade import DEGRADED, degrade, degraded_parts, note_degraded
 from otelres._errors import CircuitOpenError, ConfigError, RetryError
-from otelres._hooks import Listener
+from otelres._events import Event, Listener
 
 
 class Fallbacks(Listener):
-    """Records every on_fallback."""
+    """Records every fallback event."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
-    def on_fallback(self, breaker: str, reason: str) -> None:
-        self.seen.append((breaker, reason))
+    def on_event(self, event: Event) -> None:
+        if event.kind == "fallback":
+            self.seen.append((event.breaker, event.reason))
 
 
 def open_circuit() -> CircuitOpenError:
@@ -55,7 +56,7 @@ def test_sync_callable_fallback_gets_the_error() -> None:
 def test_success_passes_through() -> None:
     """Without an error the function's own result comes back and nothing is noted."""
     listener = Fallbacks()
-    _hooks.add_listener(listener)
+    _events.add_listener(listener)
 
     @degrade("fallback")
     def recommendations() -> str:
@@ -171,10 +172,10 @@ def test_invalid_on_rejected() -> None:
         degrade("x", on=42)
 
 
-def test_listener_gets_on_fallback_with_breaker_name() -> None:
+def test_listener_gets_the_fallback_with_breaker_name() -> None:
     """Listeners hear the fallback under the error's breaker and the error's type name."""
     listener = Fallbacks()
-    _hooks.add_listener(listener)
+    _events.add_listener(listener)
 
     @degrade("fallback")
     def recommendations() -> str:
@@ -187,7 +188,7 @@ def test_listener_gets_on_fallback_with_breaker_name() -> None:
 def test_name_and_qualname_used_for_the_part() -> None:
     """An explicit name wins; without a breaker on the error the function's qualname names the part."""
     listener = Fallbacks()
-    _hooks.add_listener(listener)
+    _events.add_listener(listener)
 
     @degrade("fallback", name="recommendations")
     def named() -> str:
@@ -231,7 +232,7 @@ class CountingSet(set[str]):
 def test_a_degraded_part_is_noted_once() -> None:
     """degrade() notes its part in the request's set exactly once, with a middleware and a listener about."""
     wsgi.ResilienceMiddleware(lambda _environ, _start: [])
-    _hooks.add_listener(Fallbacks())
+    _events.add_listener(Fallbacks())
 
     @degrade("fallback")
     def recommendations() -> str:

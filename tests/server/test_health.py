@@ -21,7 +21,7 @@ import pytest
 
 import otelres
 from otelres import health
-from otelres._hooks import State
+from otelres._breaker import State
 from otelres._registry import Registry
 from otelres.health import (
     CheckResult,

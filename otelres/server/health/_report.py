@@ -10,7 +10,7 @@ import dataclasses
 import json
 from typing import Any
 
-from otelres._hooks import State
+from otelres._breaker import State
 
 __all__ = ["CheckResult", "Report", "liveness_report", "overall_status"]
 
