@@ -13,8 +13,8 @@ from ._config import Settings, configure, load_settings
 from ._deadline import deadline, time_left
 from ._degrade import degrade
 from ._errors import CircuitOpenError, ConfigError, OtelresError, RetryError
-from ._fallback import Fallback
 from ._events import Event, Listener, add_listener, remove_listener
+from ._fallback import Fallback
 from ._flow import Guard, current_attempt
 from ._instrument import instrument, uninstrument
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy

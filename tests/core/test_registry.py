@@ -349,9 +349,7 @@ def test_callers_share_one_breaker_and_each_judges_its_own_attempts(clock: FakeC
     assert generic.breaker is client.breaker
     assert generic.budget is client.budget
     for _ in range(4):
-        assert (
-            run(generic, lambda: 503, (), {}) == 503
-        )  # a result means nothing to the generic caller
+        assert run(generic, lambda: 503, (), {}) == 503  # a result means nothing to the generic caller
     assert client.breaker.state is otelres.State.CLOSED
     for _ in range(4):
         run(client, lambda: 503, (), {})
