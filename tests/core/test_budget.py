@@ -359,18 +359,29 @@ def test_zero_floor_and_ratio_refuse_everything() -> None:
 
 
 def test_try_retry_never_admits_past_the_limit_under_threads() -> None:
-    """Many threads racing for slots never hold more than allowed() at once."""
+    """Many threads racing for slots never hold more granted retries than allowed() at once.
+
+    The holders are counted apart from ``retries_in_flight``, which also shows, for an instant,
+    the slot a refused caller takes and gives back.
+    """
     budget = RetryBudget()
     start = threading.Barrier(16, timeout=TIMEOUT)
     granted: list[int] = []
     peak: list[int] = []
+    lock = threading.Lock()
+    holding = 0
 
     def racer() -> None:
+        nonlocal holding
         start.wait()
         for _ in range(2000):
             if budget.try_retry():
-                peak.append(budget.retries_in_flight)
+                with lock:
+                    holding += 1
+                    peak.append(holding)
                 granted.append(1)
+                with lock:
+                    holding -= 1
                 budget.retry_ended()
 
     threads = [threading.Thread(target=racer) for _ in range(16)]
