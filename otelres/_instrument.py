@@ -15,10 +15,13 @@ import importlib.util
 import logging
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _config
 from ._sdk import configure_sdk
+
+if TYPE_CHECKING:
+    from .instrumentation._common import Patches
 
 __all__ = ["INTEGRATIONS", "instrument", "uninstrument"]
 
@@ -131,47 +134,44 @@ def _enable_opentelemetry(path: str, library: str) -> None:
     except ImportError:
         return
     if not instrumentor.is_instrumented_by_opentelemetry:
-        keep = _class_methods(library)
+        from .instrumentation._common import Patches  # noqa: PLC0415 - wrapt loads only when asked for
+
+        kept = Patches()
+        for cls, name in _class_methods(library):
+            kept.keep(cls, name)
         instrumentor.instrument()
-        _patched.append(_Undo(instrumentor, keep))
+        _patched.append(_Undo(instrumentor, kept))
 
 
-def _class_methods(library: str) -> list[tuple[type, str, object]]:
-    """The classmethods and staticmethods of the library's top-level classes, as stored.
+def _class_methods(library: str) -> list[tuple[type, str]]:
+    """The classmethods and staticmethods of the library's top-level classes.
 
     OpenTelemetry's ``unwrap`` puts a wrapped classmethod back as a method bound
     to its class (``psycopg.Connection.connect``), so that a subclass's
     ``connect()`` then builds the base class: what it turned on, otelres puts
-    back exactly.
+    back exactly (:meth:`Patches.keep`).
     """
     module = importlib.import_module(library)
-    found: list[tuple[type, str, object]] = []
-    for cls in vars(module).values():
-        if isinstance(cls, type) and cls.__module__.startswith(library):
-            for name, raw in vars(cls).items():
-                # Beneath any wrappers already there (wrapt's proxies pass isinstance checks).
-                base = raw
-                while type(base) not in (classmethod, staticmethod) and hasattr(base, "__wrapped__"):
-                    base = base.__wrapped__
-                if type(base) in (classmethod, staticmethod):
-                    found.append((cls, name, base))
-    return found
+    return [
+        (cls, name)
+        for cls in vars(module).values()
+        if isinstance(cls, type) and cls.__module__.startswith(library)
+        for name, raw in vars(cls).items()
+        # wrapt's proxies pass isinstance checks: a classmethod beneath wrappers counts.
+        if isinstance(raw, (classmethod, staticmethod))
+    ]
 
 
 class _Undo:
     """An instrumentor otelres turned on, with what its uninstrument must leave as found."""
 
-    def __init__(self, instrumentor: Any, keep: list[tuple[type, str, object]]) -> None:
+    def __init__(self, instrumentor: Any, kept: Patches) -> None:
         self._instrumentor = instrumentor
-        self._keep = keep
+        self._kept = kept
 
     def uninstrument(self) -> None:
         self._instrumentor.uninstrument()
-        for cls, name, raw in self._keep:
-            current = vars(cls).get(name)
-            # Only what unwrap left broken: a wrapper still there is someone's to remove.
-            if current is not raw and not hasattr(current, "__wrapped__"):
-                setattr(cls, name, raw)
+        self._kept.restore()
 
 
 def uninstrument() -> None:

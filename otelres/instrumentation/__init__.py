@@ -2,5 +2,6 @@
 
 Each module holds an OpenTelemetry ``BaseInstrumentor`` (registered under the
 ``opentelemetry_instrumentor`` entry point group), imports its library lazily,
-and patches with wrapt so that ``uninstrument()`` restores the originals.
+and patches with wrapt through one :class:`~otelres.instrumentation._common.Patches`,
+so that ``uninstrument()`` takes out its own wrappers and nobody else's.
 """

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from ._common import inside, should_wrap
-from ._db import Connections, DbTargets, Patches, Subclasses, name_from_params, name_from_url
+from ._common import Patches, acall_inside, passing_through, should_wrap
+from ._postgres import Connections, DbTargets, Subclasses, name_from_params, name_from_url
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
@@ -67,11 +67,7 @@ async def _run(
     name = _connections.name(connection, _live_name)
     if name is None:
         return await method(*args, **kwargs)
-    token = inside.set(True)
-    try:
-        return await _targets.statement(name).acall_with(method, args, kwargs)
-    finally:
-        inside.reset(token)
+    return await acall_inside(_targets.statement(name), None, method, args, kwargs)
 
 
 class _Connection:
@@ -107,11 +103,8 @@ class _Connection:
         """A pool's housekeeping on release: its queries bypass the breaker (an open
         circuit must not turn handing a connection back into an error).
         """
-        token = inside.set(True)
-        try:
+        with passing_through():
             return await super().reset(*args, **kwargs)  # type: ignore[misc]
-        finally:
-            inside.reset(token)
 
 
 _classes = Subclasses(_Connection)
@@ -126,11 +119,7 @@ async def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: d
     chosen = kwargs.get("connection_class", Connection)
     if isinstance(chosen, type) and issubclass(chosen, Connection):
         kwargs = {**kwargs, "connection_class": _classes.get(chosen) or chosen}
-    token = inside.set(True)
-    try:
-        connection = await _targets.connect(name).acall_with(wrapped, args, kwargs)
-    finally:
-        inside.reset(token)
+    connection = await acall_inside(_targets.connect(name), None, wrapped, args, kwargs)
     _connections.remember(connection, name)
     return connection
 

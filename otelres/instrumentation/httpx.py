@@ -17,18 +17,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
-from wrapt import wrap_function_wrapper
 
 from otelres._deadline import time_left
 
-from ._common import acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
+from ._common import Patches, acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
 from ._http import DEADLINE_EXCEEDED, TARGETS, cap_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
 __all__ = ["HttpxInstrumentor"]
+
+_patches = Patches()
 
 
 def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | None] | None:
@@ -140,19 +140,13 @@ class HttpxInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
 
     def _instrument(self, **kwargs: Any) -> None:
         ensure_telemetry()
-        wrap_function_wrapper("httpx", "Client.send", _send)
-        wrap_function_wrapper("httpx", "AsyncClient.send", _asend)
+        _patches.wrap_named("httpx", "Client.send", _send)
+        _patches.wrap_named("httpx", "AsyncClient.send", _asend)
         # The coroutine is created (and the attempt number read) when the
         # transport calls the pool, under the transport's CLIENT span.
-        wrap_function_wrapper("httpcore", "ConnectionPool.handle_request", marking_resend)
-        wrap_function_wrapper("httpcore", "AsyncConnectionPool.handle_async_request", marking_resend)
+        _patches.wrap_named("httpcore", "ConnectionPool.handle_request", marking_resend)
+        _patches.wrap_named("httpcore", "AsyncConnectionPool.handle_async_request", marking_resend)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        import httpcore  # noqa: PLC0415
-        import httpx  # noqa: PLC0415
-
-        unwrap(httpx.Client, "send")
-        unwrap(httpx.AsyncClient, "send")
-        unwrap(httpcore.ConnectionPool, "handle_request")
-        unwrap(httpcore.AsyncConnectionPool, "handle_async_request")
+        _patches.restore()
         TARGETS.clear()

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from ._common import inside, should_wrap
-from ._db import Connections, DbTargets, Patches, Subclasses, name_from_params
+from ._common import Patches, acall_inside, call_inside, should_wrap
+from ._postgres import Connections, DbTargets, Subclasses, name_from_params
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
@@ -72,11 +72,7 @@ class _Cursor:
         name = _statement_name(self)
         if name is None:
             return method(*args, **kwargs)
-        token = inside.set(True)
-        try:
-            return _targets.statement(name).call_with(method, args, kwargs)
-        finally:
-            inside.reset(token)
+        return call_inside(_targets.statement(name), None, method, args, kwargs)
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement through the database's breaker."""
@@ -98,11 +94,7 @@ class _AsyncCursor:
         name = _statement_name(self)
         if name is None:
             return await method(*args, **kwargs)
-        token = inside.set(True)
-        try:
-            return await _targets.statement(name).acall_with(method, args, kwargs)
-        finally:
-            inside.reset(token)
+        return await acall_inside(_targets.statement(name), None, method, args, kwargs)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement through the database's breaker."""
@@ -132,11 +124,7 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     name = _name(args, kwargs) if should_wrap() else None
     if name is None:
         return wrapped(*args, **kwargs)
-    token = inside.set(True)
-    try:
-        connection = _targets.connect(name).call_with(wrapped, args, kwargs)
-    finally:
-        inside.reset(token)
+    connection = call_inside(_targets.connect(name), None, wrapped, args, kwargs)
     _adopt(connection, name, _cursors)
     return connection
 
@@ -145,11 +133,7 @@ async def _aconnect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
     name = _name(args, kwargs) if should_wrap() else None
     if name is None:
         return await wrapped(*args, **kwargs)
-    token = inside.set(True)
-    try:
-        connection = await _targets.connect(name).acall_with(wrapped, args, kwargs)
-    finally:
-        inside.reset(token)
+    connection = await acall_inside(_targets.connect(name), None, wrapped, args, kwargs)
     _adopt(connection, name, _async_cursors)
     return connection
 

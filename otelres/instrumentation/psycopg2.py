@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from ._common import inside, should_wrap
-from ._db import Connections, DbTargets, Patches, Subclasses, name_from_params
+from ._common import Patches, call_inside, should_wrap
+from ._postgres import Connections, DbTargets, Subclasses, name_from_params
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
@@ -68,11 +68,7 @@ def _run(cursor: Any, method: Callable[..., Any], args: tuple[Any, ...], kwargs:
     name = None if connection.closed else _connections.name(connection, _live_name)
     if name is None:
         return method(*args, **kwargs)
-    token = inside.set(True)
-    try:
-        return _targets.statement(name).call_with(method, args, kwargs)
-    finally:
-        inside.reset(token)
+    return call_inside(_targets.statement(name), None, method, args, kwargs)
 
 
 class _Cursor:
@@ -150,11 +146,7 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     if name is None:
         return wrapped(*args, **kwargs)
     params["connection_factory"] = _connection_class(params.get("connection_factory"))
-    token = inside.set(True)
-    try:
-        connection = _targets.connect(name).call_with(wrapped, (), params)
-    finally:
-        inside.reset(token)
+    connection = call_inside(_targets.connect(name), None, wrapped, (), params)
     _connections.remember(connection, name)
     return connection
 

@@ -46,14 +46,16 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
-from wrapt import wrap_function_wrapper
 
-from ._common import ensure_telemetry, inside, should_wrap
-from ._store import StoreTargets
+from ._common import Patches, acall_inside, call_inside, ensure_telemetry, should_wrap
+from ._stores import StoreTargets
 
 if TYPE_CHECKING:
     from collections.abc import Collection
+
+    #: The Resilience of a call's server, why it must not be retried, and whether
+    #: redis-py's retry loop makes one attempt.
+    _Plan = tuple[Any, str | None, bool]
 
 __all__ = ["READ_COMMANDS", "RedisInstrumentor", "breaker_name"]
 
@@ -136,6 +138,7 @@ def _reason(exc: BaseException | None, result: object) -> str:
 
 
 _targets = StoreTargets(is_failure=_is_failure, is_retryable=_is_retryable, reason=_reason)
+_patches = Patches()
 
 
 def breaker_name(pool: Any) -> str:
@@ -202,7 +205,7 @@ def _command(name: object) -> str:
     return (name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)).upper()
 
 
-def _plan(instance: Any, args: tuple[Any, ...]) -> tuple[Any, str | None, bool] | None:
+def _plan(instance: Any, args: tuple[Any, ...]) -> _Plan | None:
     """The Resilience of a command's server, why it must not be retried, and
     whether redis-py's retry loop makes one attempt; None to pass it through.
     """
@@ -222,7 +225,7 @@ def _plan(instance: Any, args: tuple[Any, ...]) -> tuple[Any, str | None, bool] 
     return _targets.get(name), reason, not client_retries
 
 
-def _pipeline_plan(instance: Any) -> tuple[Any, str | None, bool] | None:
+def _pipeline_plan(instance: Any) -> _Plan | None:
     stack = instance.command_stack
     if not stack or not should_wrap():
         return None
@@ -239,30 +242,14 @@ def _pipeline_plan(instance: Any) -> tuple[Any, str | None, bool] | None:
     return _targets.get(name), reason, not client_retries
 
 
-def _run(
-    plan: tuple[Any, str | None, bool], wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+def _run(plan: _Plan, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     res, reason, one = plan
-    token = inside.set(True)
-    one_token = _one_attempt.set(one)
-    try:
-        return res.call_with(wrapped, args, kwargs, no_retry=reason)
-    finally:
-        _one_attempt.reset(one_token)
-        inside.reset(token)
+    return call_inside(res, reason, wrapped, args, kwargs, also=_one_attempt if one else None)
 
 
-async def _arun(
-    plan: tuple[Any, str | None, bool], wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+async def _arun(plan: _Plan, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     res, reason, one = plan
-    token = inside.set(True)
-    one_token = _one_attempt.set(one)
-    try:
-        return await res.acall_with(wrapped, args, kwargs, no_retry=reason)
-    finally:
-        _one_attempt.reset(one_token)
-        inside.reset(token)
+    return await acall_inside(res, reason, wrapped, args, kwargs, also=_one_attempt if one else None)
 
 
 def _execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -318,24 +305,14 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
 
     def _instrument(self, **kwargs: Any) -> None:
         ensure_telemetry()
-        wrap_function_wrapper("redis.client", "Redis.execute_command", _execute)
-        wrap_function_wrapper("redis.client", "Pipeline.execute", _pipeline)
-        wrap_function_wrapper("redis.asyncio.client", "Redis.execute_command", _aexecute)
-        wrap_function_wrapper("redis.asyncio.client", "Pipeline.execute", _apipeline)
-        wrap_function_wrapper("redis.retry", "Retry.call_with_retry", _call_with_retry)
-        wrap_function_wrapper("redis.asyncio.retry", "Retry.call_with_retry", _call_with_retry)
+        _patches.wrap_named("redis.client", "Redis.execute_command", _execute)
+        _patches.wrap_named("redis.client", "Pipeline.execute", _pipeline)
+        _patches.wrap_named("redis.asyncio.client", "Redis.execute_command", _aexecute)
+        _patches.wrap_named("redis.asyncio.client", "Pipeline.execute", _apipeline)
+        _patches.wrap_named("redis.retry", "Retry.call_with_retry", _call_with_retry)
+        _patches.wrap_named("redis.asyncio.retry", "Retry.call_with_retry", _call_with_retry)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        import redis.asyncio.client  # noqa: PLC0415
-        import redis.asyncio.retry  # noqa: PLC0415
-        import redis.client  # noqa: PLC0415
-        import redis.retry  # noqa: PLC0415
-
-        unwrap(redis.client.Redis, "execute_command")
-        unwrap(redis.client.Pipeline, "execute")
-        unwrap(redis.asyncio.client.Redis, "execute_command")
-        unwrap(redis.asyncio.client.Pipeline, "execute")
-        unwrap(redis.retry.Retry, "call_with_retry")
-        unwrap(redis.asyncio.retry.Retry, "call_with_retry")
+        _patches.restore()
         _targets.clear()
         _pools.clear()

@@ -17,15 +17,15 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
-from wrapt import wrap_function_wrapper
 
 from otelres._deadline import time_left
 
-from ._common import call_inside, ensure_telemetry, marking_resend, should_wrap
+from ._common import Patches, call_inside, ensure_telemetry, marking_resend, should_wrap
 from ._http import DEADLINE_EXCEEDED, TARGETS, cap_timeout
 
 __all__ = ["RequestsInstrumentor"]
+
+_patches = Patches()
 
 
 def _replayable(kwargs: Mapping[str, Any]) -> bool:
@@ -108,12 +108,9 @@ class RequestsInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped ba
 
     def _instrument(self, **kwargs: Any) -> None:
         ensure_telemetry()
-        wrap_function_wrapper("requests.sessions", "Session.request", _request)
-        wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", marking_resend)
+        _patches.wrap_named("requests.sessions", "Session.request", _request)
+        _patches.wrap_named("requests.adapters", "HTTPAdapter.send", marking_resend)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        import requests  # noqa: PLC0415
-
-        unwrap(requests.sessions.Session, "request")
-        unwrap(requests.adapters.HTTPAdapter, "send")
+        _patches.restore()
         TARGETS.clear()

@@ -33,11 +33,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
-from wrapt import ObjectProxy, wrap_function_wrapper
+from wrapt import ObjectProxy
 
-from ._common import ensure_telemetry, inside, should_wrap
-from ._store import StoreTargets
+from ._common import Patches, call_inside, ensure_telemetry, should_wrap
+from ._stores import StoreTargets
 
 __all__ = ["Sqlite3Instrumentor", "breaker_name"]
 
@@ -102,6 +101,7 @@ _connects = StoreTargets(
 _statements = StoreTargets(
     is_failure=_is_failure, is_retryable=lambda exc: _code(exc) in _STATEMENT_RETRIES, reason=_reason
 )
+_patches = Patches()
 
 
 def breaker_name(database: object, uri: bool = False) -> str:
@@ -151,13 +151,9 @@ def _statement(
             reason = "not_replayable"
         elif conn.isolation_level is None or getattr(conn, "autocommit", None) is True:
             reason = "not_idempotent"  # each row commits on its own: a retry would repeat some
-    token = inside.set(True)
-    try:
-        if reason is not None:
-            return res.call_with(method, args, kwargs, no_retry=reason)
-        return res.call_with(_attempt, (conn, method, *args), kwargs)
-    finally:
-        inside.reset(token)
+    if reason is None:  # retried: each attempt rolls back what sqlite3 began for it
+        method, args = _attempt, (conn, method, *args)
+    return call_inside(res, reason, method, args, kwargs)
 
 
 def _unwrapped(obj: Any) -> Any:
@@ -244,11 +240,7 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         name = breaker_name(database, bool(uri))
     except TypeError:  # not a path: sqlite3 says what is wrong
         return wrapped(*args, **kwargs)
-    token = inside.set(True)
-    try:
-        conn = _connects.get(name).call_with(wrapped, args, kwargs)
-    finally:
-        inside.reset(token)
+    conn = call_inside(_connects.get(name), None, wrapped, args, kwargs)
     return _Connection(conn, name)
 
 
@@ -261,14 +253,10 @@ class Sqlite3Instrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped bas
 
     def _instrument(self, **kwargs: Any) -> None:
         ensure_telemetry()
-        wrap_function_wrapper("sqlite3", "connect", _connect)
-        wrap_function_wrapper("sqlite3.dbapi2", "connect", _connect)
+        _patches.wrap_named("sqlite3", "connect", _connect)
+        _patches.wrap_named("sqlite3.dbapi2", "connect", _connect)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        import sqlite3  # noqa: PLC0415
-        import sqlite3.dbapi2  # noqa: PLC0415
-
-        unwrap(sqlite3, "connect")
-        unwrap(sqlite3.dbapi2, "connect")
+        _patches.restore()
         _connects.clear()
         _statements.clear()

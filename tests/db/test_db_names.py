@@ -14,7 +14,12 @@ import pytest
 from otelres.instrumentation import asyncpg as otelres_asyncpg
 from otelres.instrumentation import psycopg as otelres_psycopg
 from otelres.instrumentation import psycopg2 as otelres_psycopg2
-from otelres.instrumentation._db import is_connection_error, name_from_params, name_from_url, retry_reason
+from otelres.instrumentation._postgres import (
+    is_connection_error,
+    name_from_params,
+    name_from_url,
+    retry_reason,
+)
 
 NO_ENV: dict[str, str] = {}
 

@@ -15,6 +15,8 @@ import redis.asyncio.client
 import redis.asyncio.retry
 import redis.client
 import redis.retry
+from opentelemetry.instrumentation.redis import RedisInstrumentor as OpenTelemetryRedis
+from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor as OpenTelemetrySqlite3
 
 import otelres
 from otelres import default_registry
@@ -66,6 +68,45 @@ def test_uninstrument_restores_the_originals(instrument: Callable[..., None]) ->
     finally:
         conn.close()
     assert default_registry().breakers() == []
+
+
+@pytest.mark.parametrize("order", ["otelres_first", "opentelemetry_first"])
+def test_otelres_comes_off_first_leaving_opentelemetry_on(
+    order: str, instrument: Callable[..., None]
+) -> None:
+    """Installed before or after OpenTelemetry's sqlite3 and redis instrumentations, otelres comes
+    off first taking out only its own wrappers; theirs then come off leaving the originals."""
+    originals = [vars(owner)[attribute] for owner, attribute, _ in PATCHED]
+    theirs = [OpenTelemetrySqlite3(), OpenTelemetryRedis()]
+    ours = [otelres_sqlite3.Sqlite3Instrumentor(), otelres_redis.RedisInstrumentor()]
+    try:
+        if order == "otelres_first":
+            for instrumentor in (*ours, *theirs):
+                instrumentor.instrument()
+        else:
+            for instrumentor in theirs:
+                instrumentor.instrument()
+            instrument()
+        assert [_ours(*patched) for patched in PATCHED] == [1] * len(PATCHED)
+        for instrumentor in ours:
+            instrumentor.uninstrument()
+        assert [_ours(*patched) for patched in PATCHED] == [0] * len(PATCHED)
+        # The six attributes both patch keep OpenTelemetry's wrapper, which still works.
+        assert all(
+            vars(owner)[attribute] is not found
+            for (owner, attribute, _), found in zip(PATCHED[:6], originals, strict=False)
+        )
+        sqlite3.connect(":memory:").close()
+        for instrumentor in theirs:
+            instrumentor.uninstrument()
+        assert all(
+            vars(owner)[attribute] is found
+            for (owner, attribute, _), found in zip(PATCHED, originals, strict=True)
+        )
+    finally:
+        for instrumentor in (*ours, *theirs):
+            if instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.uninstrument()
 
 
 def test_instrument_twice_patches_once(instrument: Callable[..., None]) -> None:

@@ -39,8 +39,6 @@ import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-import wrapt
-
 from otelres._resilience import Resilience
 
 from ._targets import TargetCache
@@ -56,7 +54,6 @@ __all__ = [
     "SYSTEM",
     "Connections",
     "DbTargets",
-    "Patches",
     "Subclasses",
     "breaker_name",
     "is_connection_error",
@@ -345,62 +342,3 @@ class Subclasses:
                     self._made.clear()
                 self._made[base] = found
         return found
-
-
-#: What every wrapt wrapper is an instance of (``BaseObjectProxy`` from wrapt 2 on).
-_PROXY: Any = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
-
-
-def _wrapper_of(obj: object) -> object:
-    """The wrapper function of a wrapt function wrapper (bound or not), else None."""
-    return getattr(obj, "_self_wrapper", None) if isinstance(obj, _PROXY) else None
-
-
-class Patches:
-    """The attributes one instrumentor wrapped, restored exactly on :meth:`restore`.
-
-    OpenTelemetry's ``unwrap`` replaces whatever wrapper is on top and turns a
-    wrapped classmethod into a method bound to its class. Here every original is
-    kept as it was found in the owner's ``__dict__``, and our wrapper is taken
-    out of the chain wherever it sits, so that the other wrappers stay and the
-    two instrumentations can be installed and removed in any order.
-    """
-
-    def __init__(self) -> None:
-        self._done: list[tuple[object, str, object, object]] = []
-
-    @property
-    def active(self) -> bool:
-        """True while something is patched: the classes handed to the driver obey it."""
-        return bool(self._done)
-
-    def wrap(self, owner: object, attr: str, wrapper: Callable[..., Any]) -> None:
-        """Wrap ``owner.attr`` with ``wrapper`` (once: a second call does nothing; an
-        attribute the owner does not define itself is left alone).
-        """
-        if attr not in vars(owner):
-            return
-        node = vars(owner)[attr]
-        while isinstance(node, _PROXY):
-            if _wrapper_of(node) is wrapper:
-                return
-            node = node.__wrapped__
-        original = vars(owner)[attr]
-        wrapt.wrap_function_wrapper(owner, attr, wrapper)
-        self._done.append((owner, attr, original, wrapper))
-
-    def restore(self) -> None:
-        """Take every wrapper of ours out, newest first."""
-        while self._done:
-            owner, attr, original, wrapper = self._done.pop()
-            current = vars(owner).get(attr)
-            if _wrapper_of(current) is wrapper:
-                setattr(owner, attr, original)
-                continue
-            parent = current
-            while isinstance(parent, _PROXY):
-                child = parent.__wrapped__
-                if _wrapper_of(child) is wrapper:
-                    parent.__wrapped__ = original
-                    break
-                parent = child
