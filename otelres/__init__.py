@@ -16,6 +16,7 @@ from ._errors import CircuitOpenError, ConfigError, OtelresError, RetryError
 from ._events import Event, Listener, add_listener, remove_listener
 from ._fallback import Fallback
 from ._flow import Guard, current_attempt
+from ._idempotency import retry_unsafe
 from ._instrument import instrument, uninstrument
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
 from ._registry import Profile, Registry, default_registry
@@ -57,6 +58,7 @@ __all__ = [
     "parse_retry_after",
     "remove_listener",
     "resilient",
+    "retry_unsafe",
     "time_left",
     "uninstrument",
 ]

@@ -15,11 +15,12 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
 from otelres._flow import current_attempt
+from otelres._resilience import arun, run
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from otelres._resilience import Resilience
+    from otelres._flow import Guard
 
     #: What a guarded call resets when it ends: ``inside``'s token, and ``also``'s if set.
     _Tokens = tuple[contextvars.Token[bool], contextvars.Token[bool] | None]
@@ -97,7 +98,7 @@ def passing_through(also: contextvars.ContextVar[bool] | None = None) -> Iterato
 
 
 def call_inside(
-    res: Resilience,
+    guard: Guard,
     reason: str | None,
     wrapped: Any,
     args: tuple[Any, ...],
@@ -105,19 +106,22 @@ def call_inside(
     *,
     also: contextvars.ContextVar[bool] | None = None,
 ) -> Any:
-    """Run a patched client call through ``res`` (``reason``: why it must not be
+    """Run a patched client call through ``guard`` (``reason``: why it must not be
     retried, if so); patched calls it makes below pass through, and ``also`` (a
     flag of the integration's) is True while it runs.
     """
-    tokens = _enter(also)  # not passing_through(): a generator's cost on every call
+    if also is not None:
+        with passing_through(also):
+            return run(guard, wrapped, args, kwargs, reason)
+    token = inside.set(True)  # not passing_through(): a generator's cost on every call
     try:
-        return res.call_with(wrapped, args, kwargs, no_retry=reason)
+        return run(guard, wrapped, args, kwargs, reason)
     finally:
-        _leave(also, tokens)
+        inside.reset(token)
 
 
 async def acall_inside(
-    res: Resilience,
+    guard: Guard,
     reason: str | None,
     wrapped: Any,
     args: tuple[Any, ...],
@@ -126,11 +130,14 @@ async def acall_inside(
     also: contextvars.ContextVar[bool] | None = None,
 ) -> Any:
     """The async :func:`call_inside`."""
-    tokens = _enter(also)
+    if also is not None:
+        with passing_through(also):
+            return await arun(guard, wrapped, args, kwargs, reason)
+    token = inside.set(True)
     try:
-        return await res.acall_with(wrapped, args, kwargs, no_retry=reason)
+        return await arun(guard, wrapped, args, kwargs, reason)
     finally:
-        _leave(also, tokens)
+        inside.reset(token)
 
 
 def marking_resend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -5,8 +5,8 @@
   configured). Breaker failures: connection errors, timeouts, 5xx and 429; other
   4xx are the caller's business and count as successes.
 - Methods retried: GET, HEAD, OPTIONS, TRACE, PUT, DELETE; POST and PATCH only
-  with an ``Idempotency-Key`` header or an explicit opt-in (per call with
-  :func:`retry_unsafe`, per target with ``http.retry_methods``).
+  with an ``Idempotency-Key`` header or an explicit opt-in (per block with
+  :func:`otelres.retry_unsafe`, per target with ``http.retry_unsafe``).
 - A body that cannot be replayed (a generator, a stream, a file) is never retried.
 - ``Retry-After`` (seconds or HTTP date) replaces the backoff, up to the cap.
 """
@@ -15,32 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from otelres._backoff import parse_retry_after
-from otelres._resilience import Resilience
-
-from ._targets import TargetCache
+from otelres._idempotency import unsafe_retries_allowed
+from otelres._registry import Profile, default_registry
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Mapping
 
-    from otelres._registry import Registry
+    from otelres._config import Target
+    from otelres._flow import Guard
 
 __all__ = [
     "DEADLINE_EXCEEDED",
+    "HTTP",
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
-    "TARGETS",
-    "HttpTargets",
     "breaker_name",
     "cap_timeout",
     "no_retry_reason",
-    "retry_unsafe",
+    "plan_request",
 ]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -49,20 +47,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 #: The message of the timeout raised for an attempt the request's deadline leaves no time for.
 DEADLINE_EXCEEDED = "otelres: request deadline exceeded"
-
-_UNSAFE_OK: contextvars.ContextVar[bool] = contextvars.ContextVar("otelres_retry_unsafe", default=False)
-
-
-@contextlib.contextmanager
-def retry_unsafe() -> Iterator[None]:
-    """Within the block, POST and PATCH requests may be retried too (the caller
-    knows the server deduplicates them).
-    """
-    token = _UNSAFE_OK.set(True)
-    try:
-        yield
-    finally:
-        _UNSAFE_OK.reset(token)
 
 
 def breaker_name(url: str) -> str | None:
@@ -98,7 +82,7 @@ def no_retry_reason(
     """Why this request must not be retried (``not_idempotent``, ``not_replayable``), or None."""
     if not replayable:
         return "not_replayable"
-    if method.upper() in IDEMPOTENT_METHODS or unsafe_ok or _UNSAFE_OK.get():
+    if method.upper() in IDEMPOTENT_METHODS or unsafe_ok or unsafe_retries_allowed():
         return None
     if headers is not None and any(k.lower() == "idempotency-key" for k in headers):
         return None
@@ -156,71 +140,61 @@ def discard(response: Any) -> None:
 _closing: set[asyncio.Task[None]] = set()
 
 
-class HttpTargets:
-    """The Resilience of each HTTP destination, whichever client library calls it.
+def _retry(target: Target) -> dict[str, Any]:
+    """The HTTP retry predicates for a configuration entry (``http.retry_500`` adds 500)."""
+    statuses = RETRY_STATUSES | ({500} if target.http.retry_500 else set())
 
-    requests and httpx share it: one breaker per ``scheme://host:port``, with
-    failure predicates that know both libraries' errors, so the breaker judges
-    a call the same way whoever made it.
+    def retry_on_result(response: Any) -> bool:
+        return response.status_code in statuses
+
+    return {
+        "retry_on": is_transport_error,
+        "retry_on_result": retry_on_result,
+        "retry_after": _retry_after,
+        "reason": _reason,
+    }
+
+
+def _failure_result(response: Any) -> bool:
+    status: int = response.status_code
+    return status >= 500 or status == 429
+
+
+def _retry_after(exc: BaseException | None, response: Any) -> float | None:
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")  # both libraries' headers ignore case
+    return parse_retry_after(value, now=time.time()) if value is not None else None
+
+
+def _reason(exc: BaseException | None, response: Any) -> str:
+    if exc is None:
+        return f"status_{response.status_code}"
+    return "timeout" if is_timeout(exc) else "connect"
+
+
+#: How requests and httpx judge and retry an HTTP call: one profile for both
+#: libraries, whose predicates know both libraries' errors, so a destination's
+#: breaker judges a call the same way whoever made it.
+HTTP = Profile(
+    "http",
+    failure_on=is_transport_error,
+    failure_result=_failure_result,
+    retry=_retry,
+    discard=discard,
+)
+
+
+def plan_request(
+    url: str, method: str, headers: Mapping[str, str] | None, replayable: bool
+) -> tuple[Guard, str | None] | None:
+    """The guard of a request's destination and why the request must not be
+    retried (None: it may be); None for a URL that is not HTTP(S).
     """
-
-    def __init__(self) -> None:
-        # Per destination: its Resilience, and whether POST and PATCH may be retried.
-        self._cache: TargetCache[tuple[Resilience, bool]] = TargetCache(self._build)
-
-    def get(self, name: str) -> Resilience:
-        """The Resilience for ``name`` (see :class:`TargetCache`)."""
-        return self._cache.get(name)[0]
-
-    def plan(
-        self, url: str, method: str, headers: Mapping[str, str] | None, replayable: bool
-    ) -> tuple[Resilience, str | None] | None:
-        """The Resilience of a request's destination and why it must not be
-        retried (None: it may be); None for a URL that is not HTTP(S).
-        """
-        name = breaker_name(url)
-        if name is None:
-            return None
-        res, unsafe_ok = self._cache.get(name)
-        return res, no_retry_reason(method, headers, replayable, unsafe_ok)
-
-    def clear(self) -> None:
-        """Forget every destination (uninstrumented)."""
-        self._cache.clear()
-
-    @staticmethod
-    def _build(name: str, registry: Registry) -> tuple[Resilience, bool]:
-        target = registry.settings.for_target(name)
-        statuses = RETRY_STATUSES | ({500} if target.http.retry_500 else set())
-
-        def failure_result(response: Any) -> bool:
-            status: int = response.status_code
-            return status >= 500 or status == 429
-
-        def retry_on_result(response: Any) -> bool:
-            return response.status_code in statuses
-
-        def retry_after(exc: BaseException | None, response: Any) -> float | None:
-            if response is None:
-                return None
-            value = response.headers.get("retry-after")  # both libraries' headers ignore case
-            return parse_retry_after(value, now=time.time()) if value is not None else None
-
-        def reason(exc: BaseException | None, response: Any) -> str:
-            if exc is None:
-                return f"status_{response.status_code}"
-            return "timeout" if is_timeout(exc) else "connect"
-
-        retry = target.retry.evolve(
-            retry_on=is_transport_error,
-            retry_on_result=retry_on_result,
-            retry_after=retry_after,
-            reason=reason,
-        )
-        breaker, budget = registry.entry(name, failure_on=is_transport_error, failure_result=failure_result)
-        res = Resilience(name, retry=retry, breaker=breaker, budget=budget, discard=discard)
-        return res, target.http.retry_unsafe
-
-
-#: The one set of HTTP destinations, shared by the requests and httpx integrations.
-TARGETS = HttpTargets()
+    name = breaker_name(url)
+    if name is None:
+        return None
+    guard = default_registry().guard(name, HTTP)
+    target = guard.target
+    unsafe_ok = target is not None and target.http.retry_unsafe
+    return guard, no_retry_reason(method, headers, replayable, unsafe_ok)

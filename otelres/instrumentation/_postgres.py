@@ -39,27 +39,29 @@ import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from otelres._resilience import Resilience
-
-from ._targets import TargetCache
+from otelres._registry import Profile, default_registry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from otelres._registry import Registry
+    from otelres._config import Target
+    from otelres._flow import Guard
 
 
 __all__ = [
+    "CONNECT",
     "DEFAULT_PORT",
+    "STATEMENT",
     "SYSTEM",
     "Connections",
-    "DbTargets",
     "Subclasses",
     "breaker_name",
+    "connect_guard",
     "is_connection_error",
     "name_from_params",
     "name_from_url",
     "retry_reason",
+    "statement_guard",
 ]
 
 SYSTEM = "postgresql"
@@ -231,45 +233,33 @@ def retry_reason(exc: BaseException | None, result: object) -> str:
     return "connect"
 
 
-# -- one Resilience per destination ---------------------------------------------------------------
+# -- how a PostgreSQL call is judged and retried -------------------------------------------------
 
 
-class DbTargets:
-    """The Resilience of each database, for one driver: one for connecting (retried),
-    one for statements (a single attempt), over one shared breaker and budget.
+def _connect_retry(target: Target) -> dict[str, Any]:
+    return {"retry_on": is_connection_error, "reason": retry_reason}
 
-    Bounded like the registry: past ``max_breakers`` destinations every new one
-    shares the overflow entry. Built anew when the settings or the registry are
-    replaced (``otelres.instrument(**overrides)``, tests).
-    """
 
-    def __init__(self) -> None:
-        self._cache: TargetCache[tuple[Resilience, Resilience]] = TargetCache(self._build)
+def _statement_retry(target: Target) -> dict[str, Any]:
+    # A statement is never repeated: the server may have run it, inside a transaction.
+    return {**_connect_retry(target), "attempts": 1}
 
-    def get(self, name: str) -> tuple[Resilience, Resilience]:
-        """(connect, statement) Resiliences for the database ``name``."""
-        return self._cache.get(name)
 
-    def connect(self, name: str) -> Resilience:
-        """The Resilience that connection attempts to ``name`` go through."""
-        return self.get(name)[0]
+#: Connecting: retried on connection-class errors. One predicate for the three drivers
+#: (two of them may share a breaker name).
+CONNECT = Profile("postgresql.connect", failure_on=is_connection_error, retry=_connect_retry)
+#: A statement: one attempt through the same breaker.
+STATEMENT = Profile("postgresql.statement", failure_on=is_connection_error, retry=_statement_retry)
 
-    def statement(self, name: str) -> Resilience:
-        """The Resilience that statements on a connection to ``name`` go through."""
-        return self.get(name)[1]
 
-    def clear(self) -> None:
-        """Forget every destination (uninstrumented)."""
-        self._cache.clear()
+def connect_guard(name: str) -> Guard:
+    """What connection attempts to the database ``name`` go through."""
+    return default_registry().guard(name, CONNECT)
 
-    @staticmethod
-    def _build(name: str, registry: Registry) -> tuple[Resilience, Resilience]:
-        target = registry.settings.for_target(name)
-        breaker, budget = registry.entry(name, failure_on=is_connection_error)
-        retry = target.retry.evolve(retry_on=is_connection_error, reason=retry_reason)
-        connect = Resilience(name, retry=retry, breaker=breaker, budget=budget)
-        statement = Resilience(name, retry=retry.evolve(attempts=1), breaker=breaker, budget=budget)
-        return connect, statement
+
+def statement_guard(name: str) -> Guard:
+    """What statements on a connection to the database ``name`` go through."""
+    return default_registry().guard(name, STATEMENT)
 
 
 class Connections:

@@ -20,14 +20,20 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from ._common import Patches, acall_inside, passing_through, should_wrap
-from ._postgres import Connections, DbTargets, Subclasses, name_from_params, name_from_url
+from ._postgres import (
+    Connections,
+    Subclasses,
+    connect_guard,
+    name_from_params,
+    name_from_url,
+    statement_guard,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
 
 __all__ = ["AsyncpgInstrumentor"]
 
-_targets = DbTargets()
 _connections = Connections()
 _patches = Patches()
 
@@ -67,7 +73,7 @@ async def _run(
     name = _connections.name(connection, _live_name)
     if name is None:
         return await method(*args, **kwargs)
-    return await acall_inside(_targets.statement(name), None, method, args, kwargs)
+    return await acall_inside(statement_guard(name), None, method, args, kwargs)
 
 
 class _Connection:
@@ -119,7 +125,7 @@ async def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: d
     chosen = kwargs.get("connection_class", Connection)
     if isinstance(chosen, type) and issubclass(chosen, Connection):
         kwargs = {**kwargs, "connection_class": _classes.get(chosen) or chosen}
-    connection = await acall_inside(_targets.connect(name), None, wrapped, args, kwargs)
+    connection = await acall_inside(connect_guard(name), None, wrapped, args, kwargs)
     _connections.remember(connection, name)
     return connection
 
@@ -140,5 +146,4 @@ class AsyncpgInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped bas
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _patches.restore()
-        _targets.clear()
         _connections.clear()

@@ -21,7 +21,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otelres._deadline import time_left
 
 from ._common import Patches, acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import DEADLINE_EXCEEDED, TARGETS, cap_timeout
+from ._http import DEADLINE_EXCEEDED, cap_timeout, plan_request
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -41,7 +41,7 @@ def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | Non
     if not isinstance(request, httpx.Request):
         return None
     replayable = isinstance(request.stream, httpx.ByteStream)
-    return TARGETS.plan(str(request.url), request.method, request.headers, replayable)
+    return plan_request(str(request.url), request.method, request.headers, replayable)
 
 
 def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -149,4 +149,3 @@ class HttpxInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _patches.restore()
-        TARGETS.clear()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from ._common import Patches, acall_inside, call_inside, should_wrap
-from ._postgres import Connections, DbTargets, Subclasses, name_from_params
+from ._postgres import Connections, Subclasses, connect_guard, name_from_params, statement_guard
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
@@ -31,7 +31,6 @@ _CONNECT_OPTIONS = frozenset(
     {"conninfo", "autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
 )
 
-_targets = DbTargets()
 _connections = Connections()
 _patches = Patches()
 
@@ -72,7 +71,7 @@ class _Cursor:
         name = _statement_name(self)
         if name is None:
             return method(*args, **kwargs)
-        return call_inside(_targets.statement(name), None, method, args, kwargs)
+        return call_inside(statement_guard(name), None, method, args, kwargs)
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement through the database's breaker."""
@@ -94,7 +93,7 @@ class _AsyncCursor:
         name = _statement_name(self)
         if name is None:
             return await method(*args, **kwargs)
-        return await acall_inside(_targets.statement(name), None, method, args, kwargs)
+        return await acall_inside(statement_guard(name), None, method, args, kwargs)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement through the database's breaker."""
@@ -124,7 +123,7 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     name = _name(args, kwargs) if should_wrap() else None
     if name is None:
         return wrapped(*args, **kwargs)
-    connection = call_inside(_targets.connect(name), None, wrapped, args, kwargs)
+    connection = call_inside(connect_guard(name), None, wrapped, args, kwargs)
     _adopt(connection, name, _cursors)
     return connection
 
@@ -133,7 +132,7 @@ async def _aconnect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
     name = _name(args, kwargs) if should_wrap() else None
     if name is None:
         return await wrapped(*args, **kwargs)
-    connection = await acall_inside(_targets.connect(name), None, wrapped, args, kwargs)
+    connection = await acall_inside(connect_guard(name), None, wrapped, args, kwargs)
     _adopt(connection, name, _async_cursors)
     return connection
 
@@ -155,5 +154,4 @@ class PsycopgInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped bas
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _patches.restore()
-        _targets.clear()
         _connections.clear()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from ._common import Patches, call_inside, should_wrap
-from ._postgres import Connections, DbTargets, Subclasses, name_from_params
+from ._postgres import Connections, Subclasses, connect_guard, name_from_params, statement_guard
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
@@ -38,7 +38,6 @@ _CONNECT_ARGS = ("dsn", "connection_factory", "cursor_factory")
 _CURSOR_ARGS = ("name", "cursor_factory", "withhold", "scrollable")
 _NOT_PARAMS = frozenset({*_CONNECT_ARGS, "async", "async_"})
 
-_targets = DbTargets()
 _connections = Connections()
 _patches = Patches()
 
@@ -68,7 +67,7 @@ def _run(cursor: Any, method: Callable[..., Any], args: tuple[Any, ...], kwargs:
     name = None if connection.closed else _connections.name(connection, _live_name)
     if name is None:
         return method(*args, **kwargs)
-    return call_inside(_targets.statement(name), None, method, args, kwargs)
+    return call_inside(statement_guard(name), None, method, args, kwargs)
 
 
 class _Cursor:
@@ -146,7 +145,7 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     if name is None:
         return wrapped(*args, **kwargs)
     params["connection_factory"] = _connection_class(params.get("connection_factory"))
-    connection = call_inside(_targets.connect(name), None, wrapped, (), params)
+    connection = call_inside(connect_guard(name), None, wrapped, (), params)
     _connections.remember(connection, name)
     return connection
 
@@ -173,5 +172,4 @@ class Psycopg2Instrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped ba
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _patches.restore()
-        _targets.clear()
         _connections.clear()

@@ -47,8 +47,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from otelres._registry import default_registry
+
 from ._common import Patches, acall_inside, call_inside, ensure_telemetry, should_wrap
-from ._stores import StoreTargets
+from ._stores import store_profile
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -137,7 +139,7 @@ def _reason(exc: BaseException | None, result: object) -> str:
     return "timeout" if isinstance(exc, _error_classes()["timeout"]) else "connect"
 
 
-_targets = StoreTargets(is_failure=_is_failure, is_retryable=_is_retryable, reason=_reason)
+_PROFILE = store_profile("redis", is_failure=_is_failure, is_retryable=_is_retryable, reason=_reason)
 _patches = Patches()
 
 
@@ -222,7 +224,7 @@ def _plan(instance: Any, args: tuple[Any, ...]) -> _Plan | None:
         if command in _CONTAINERS and len(args) > 1:
             command = f"{command} {_command(args[1])}"  # CONFIG GET sent as two words
         reason = None if command in READ_COMMANDS else "not_idempotent"
-    return _targets.get(name), reason, not client_retries
+    return default_registry().guard(name, _PROFILE), reason, not client_retries
 
 
 def _pipeline_plan(instance: Any) -> _Plan | None:
@@ -239,7 +241,7 @@ def _pipeline_plan(instance: Any) -> _Plan | None:
         reason = "not_replayable"
     else:
         reason = "not_idempotent"
-    return _targets.get(name), reason, not client_retries
+    return default_registry().guard(name, _PROFILE), reason, not client_retries
 
 
 def _run(plan: _Plan, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -314,5 +316,4 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _patches.restore()
-        _targets.clear()
         _pools.clear()

@@ -21,7 +21,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otelres._deadline import time_left
 
 from ._common import Patches, call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import DEADLINE_EXCEEDED, TARGETS, cap_timeout
+from ._http import DEADLINE_EXCEEDED, cap_timeout, plan_request
 
 __all__ = ["RequestsInstrumentor"]
 
@@ -87,7 +87,7 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     named = dict(zip(("method", "url", "params", "data", "headers"), args, strict=False)) | kwargs
     # The session's headers count too: requests merges them in later, when it prepares the request.
     headers = {**(getattr(instance, "headers", None) or {}), **(named.get("headers") or {})}
-    plan = TARGETS.plan(str(named.get("url", "")), str(named.get("method", "")), headers, _replayable(named))
+    plan = plan_request(str(named.get("url", "")), str(named.get("method", "")), headers, _replayable(named))
     if plan is None:
         return wrapped(*args, **kwargs)
     left = time_left()
@@ -113,4 +113,3 @@ class RequestsInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped ba
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _patches.restore()
-        TARGETS.clear()

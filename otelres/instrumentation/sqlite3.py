@@ -35,8 +35,10 @@ from urllib.parse import unquote
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from wrapt import ObjectProxy
 
+from otelres._registry import default_registry
+
 from ._common import Patches, call_inside, ensure_telemetry, should_wrap
-from ._stores import StoreTargets
+from ._stores import store_profile
 
 __all__ = ["Sqlite3Instrumentor", "breaker_name"]
 
@@ -95,11 +97,17 @@ def _reason(exc: BaseException | None, result: object) -> str:
     return "locked" if exc is not None and _code(exc) in _STATEMENT_RETRIES else "connect"
 
 
-_connects = StoreTargets(
-    is_failure=_is_failure, is_retryable=lambda exc: _code(exc) in _CONNECT_RETRIES, reason=_reason
+_CONNECT = store_profile(
+    "sqlite.connect",
+    is_failure=_is_failure,
+    is_retryable=lambda exc: _code(exc) in _CONNECT_RETRIES,
+    reason=_reason,
 )
-_statements = StoreTargets(
-    is_failure=_is_failure, is_retryable=lambda exc: _code(exc) in _STATEMENT_RETRIES, reason=_reason
+_STATEMENT = store_profile(
+    "sqlite.statement",
+    is_failure=_is_failure,
+    is_retryable=lambda exc: _code(exc) in _STATEMENT_RETRIES,
+    reason=_reason,
 )
 _patches = Patches()
 
@@ -139,7 +147,7 @@ def _statement(
     """Run ``method`` (a statement of ``conn``) through the breaker of ``name``."""
     if not should_wrap():
         return method(*args, **kwargs)
-    res = _statements.get(name)
+    guard = default_registry().guard(name, _STATEMENT)
     reason: str | None = None
     if conn.in_transaction:
         reason = "in_transaction"
@@ -153,7 +161,7 @@ def _statement(
             reason = "not_idempotent"  # each row commits on its own: a retry would repeat some
     if reason is None:  # retried: each attempt rolls back what sqlite3 began for it
         method, args = _attempt, (conn, method, *args)
-    return call_inside(res, reason, method, args, kwargs)
+    return call_inside(guard, reason, method, args, kwargs)
 
 
 def _unwrapped(obj: Any) -> Any:
@@ -240,7 +248,7 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         name = breaker_name(database, bool(uri))
     except TypeError:  # not a path: sqlite3 says what is wrong
         return wrapped(*args, **kwargs)
-    conn = call_inside(_connects.get(name), None, wrapped, args, kwargs)
+    conn = call_inside(default_registry().guard(name, _CONNECT), None, wrapped, args, kwargs)
     return _Connection(conn, name)
 
 
@@ -258,5 +266,3 @@ class Sqlite3Instrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped bas
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _patches.restore()
-        _connects.clear()
-        _statements.clear()

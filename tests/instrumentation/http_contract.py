@@ -22,7 +22,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import otelres
 import otelres.telemetry
-from otelres.instrumentation._http import retry_unsafe
 from otelres.testing import capture_events
 
 if TYPE_CHECKING:
@@ -303,7 +302,7 @@ class HttpClientContract(abc.ABC):
         """Inside retry_unsafe() a POST is retried; after the block it is sent once again."""
         instrument()
         server.script(503, 200)
-        with retry_unsafe():
+        with otelres.retry_unsafe():
             assert self.send("POST", server.url, body=b"x").status == 200
         assert server.count("POST") == 2
         server.script(503, 200)

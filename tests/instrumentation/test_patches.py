@@ -7,12 +7,13 @@ import asyncio
 import contextvars
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
+import otelres
 from otelres.instrumentation._common import (
     Patches,
     acall_inside,
@@ -20,6 +21,10 @@ from otelres.instrumentation._common import (
     passing_through,
     should_wrap,
 )
+from otelres.testing import capture_events
+
+if TYPE_CHECKING:
+    from otelres.testing import FakeClock
 
 FLAG: contextvars.ContextVar[bool] = contextvars.ContextVar("test_flag", default=False)
 
@@ -157,43 +162,34 @@ def test_keep_notes_what_is_beneath_the_wrappers() -> None:
     assert vars(cls)["connect"] is original
 
 
-class _Direct:
-    """Stands in for a Resilience: calls through once, noting the no-retry reason and the flags."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str | None, bool, bool]] = []
-
-    def call_with(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, no_retry: str | None
-    ) -> Any:
-        self.seen.append((no_retry, should_wrap(), FLAG.get()))
-        return fn(*args, **kwargs)
-
-    async def acall_with(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, no_retry: str | None
-    ) -> Any:
-        self.seen.append((no_retry, should_wrap(), FLAG.get()))
-        return await fn(*args, **kwargs)
-
-
 @pytest.mark.parametrize("also", [None, FLAG])
-def test_call_inside_sets_inside_and_also(also: contextvars.ContextVar[bool] | None) -> None:
-    """call_inside and acall_inside run the call with patched calls passing through (and
-    ``also`` set), and put both back afterwards, on an error too."""
-    res = _Direct()
+def test_call_inside_sets_inside_and_also(
+    also: contextvars.ContextVar[bool] | None, clock: FakeClock
+) -> None:
+    """call_inside and acall_inside run the call through the guard with patched calls passing
+    through (and ``also`` set), pass the no-retry reason on, and put both flags back afterwards,
+    on an error too."""
+    guard = otelres.default_registry().guard("dep", clock=clock)
+    seen: list[tuple[bool, bool]] = []
 
-    async def coro(value: int) -> int:
+    def note(value: int) -> int:
+        seen.append((should_wrap(), FLAG.get()))
         return value
 
-    def fail() -> None:
-        raise ValueError
+    async def anote(value: int) -> int:
+        return note(value)
 
-    assert call_inside(res, "not_idempotent", lambda v: v, (1,), {}, also=also) == 1  # type: ignore[arg-type]
-    assert asyncio.run(acall_inside(res, None, coro, (2,), {}, also=also)) == 2  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        call_inside(res, None, fail, (), {}, also=also)  # type: ignore[arg-type]
+    def fail() -> None:
+        note(0)
+        raise ConnectionError
+
+    assert call_inside(guard, None, note, (1,), {}, also=also) == 1
+    assert asyncio.run(acall_inside(guard, None, anote, (2,), {}, also=also)) == 2
+    with capture_events() as events, pytest.raises(ConnectionError):
+        call_inside(guard, "not_idempotent", fail, (), {}, also=also)
+    assert [e.reason for e in events.of("retry_suppressed")] == ["not_idempotent"]
     flagged = also is not None
-    assert res.seen == [("not_idempotent", False, flagged), (None, False, flagged), (None, False, flagged)]
+    assert seen == [(False, flagged)] * 3
     assert should_wrap()
     assert not FLAG.get()
 

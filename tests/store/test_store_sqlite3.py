@@ -44,8 +44,8 @@ class _Release(otelres.Listener):
         self.locker = locker
         self.ending = "ROLLBACK"
 
-    def on_retry(self, breaker: str, attempt: int, delay: float, reason: str) -> None:  # noqa: ARG002
-        if self.locker.in_transaction:
+    def on_event(self, event: otelres.Event) -> None:
+        if event.kind == "retry" and self.locker.in_transaction:
             self.locker.execute(self.ending)
 
 
