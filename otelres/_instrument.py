@@ -21,7 +21,7 @@ from . import _config
 from ._sdk import configure_sdk
 
 if TYPE_CHECKING:
-    from .instrumentation._common import Patches
+    from ._patches import Patches
 
 __all__ = ["INTEGRATIONS", "instrument", "uninstrument"]
 
@@ -67,7 +67,7 @@ INTEGRATIONS: dict[str, tuple[str, str, str]] = {
     # Flask, Django and Starlette answer CircuitOpenError with the middleware's 503 themselves
     # (they catch a view's exception before an outer middleware could); each is patched when
     # imported, so this needs no library of its own, and has no OpenTelemetry counterpart.
-    "otelres_frameworks": ("otelres", "otelres.instrumentation.frameworks:FrameworksInstrumentor", ""),
+    "otelres_frameworks": ("otelres", "otelres.server._frameworks:FrameworksInstrumentor", ""),
 }
 
 _lock = threading.Lock()
@@ -134,7 +134,7 @@ def _enable_opentelemetry(path: str, library: str) -> None:
     except ImportError:
         return
     if not instrumentor.is_instrumented_by_opentelemetry:
-        from .instrumentation._common import Patches  # noqa: PLC0415 - wrapt loads only when asked for
+        from ._patches import Patches  # noqa: PLC0415 - wrapt loads only when asked for
 
         kept = Patches()
         for cls, name in _class_methods(library):

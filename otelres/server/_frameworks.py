@@ -33,10 +33,10 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
-from wrapt import register_post_import_hook, wrap_function_wrapper
+from wrapt import register_post_import_hook
 
 from otelres._errors import CircuitOpenError
+from otelres._patches import Patches
 from otelres.server._core import circuit_open_response, log_rejected
 
 if TYPE_CHECKING:
@@ -77,22 +77,11 @@ def _flask_handle_user_exception(
     return instance.response_class(body, status=status, headers=headers)
 
 
-def _patch_flask() -> None:
-    wrap_function_wrapper("flask.app", "Flask.handle_user_exception", _flask_handle_user_exception)
-
-
-def _unpatch_flask() -> None:
-    unwrap(importlib.import_module("flask.app").Flask, "handle_user_exception")
-
-
 # --- Django -------------------------------------------------------------------------------------
 
 
 def _django_response_for_exception(
-    wrapped: Any,
-    instance: Any,  # noqa: ARG001 - a wrapt wrapper's signature
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     error = args[1] if len(args) > 1 else kwargs.get("exc")
     if not isinstance(error, CircuitOpenError):
@@ -104,16 +93,6 @@ def _django_response_for_exception(
     # this one's line, as with the middleware. log_response skips a response marked as logged.
     response._has_been_logged = True
     return response
-
-
-def _patch_django() -> None:
-    wrap_function_wrapper(
-        "django.core.handlers.exception", "response_for_exception", _django_response_for_exception
-    )
-
-
-def _unpatch_django() -> None:
-    unwrap(importlib.import_module("django.core.handlers.exception"), "response_for_exception")
 
 
 # --- Starlette and FastAPI ----------------------------------------------------------------------
@@ -138,25 +117,17 @@ def _starlette_exception_middleware_init(
         instance.add_exception_handler(CircuitOpenError, _starlette_handler)
 
 
-def _patch_starlette() -> None:
-    wrap_function_wrapper(
+# --- the instrumentor ---------------------------------------------------------------------------
+
+#: framework -> (the module whose import triggers the patch, the attribute it wraps there, the wrapper)
+_FRAMEWORKS: dict[str, tuple[str, str, Callable[..., Any]]] = {
+    "flask": ("flask.app", "Flask.handle_user_exception", _flask_handle_user_exception),
+    "django": ("django.core.handlers.exception", "response_for_exception", _django_response_for_exception),
+    "starlette": (
         "starlette.middleware.exceptions",
         "ExceptionMiddleware.__init__",
         _starlette_exception_middleware_init,
-    )
-
-
-def _unpatch_starlette() -> None:
-    unwrap(importlib.import_module("starlette.middleware.exceptions").ExceptionMiddleware, "__init__")
-
-
-# --- the instrumentor ---------------------------------------------------------------------------
-
-#: framework -> (the module whose import triggers the patch, patch, unpatch)
-_FRAMEWORKS: dict[str, tuple[str, Callable[[], None], Callable[[], None]]] = {
-    "flask": ("flask.app", _patch_flask, _unpatch_flask),
-    "django": ("django.core.handlers.exception", _patch_django, _unpatch_django),
-    "starlette": ("starlette.middleware.exceptions", _patch_starlette, _unpatch_starlette),
+    ),
 }
 
 
@@ -165,7 +136,8 @@ class _State:
         # Reentrant: a hook registered for a module already imported runs at once, inside instrument.
         self.lock = threading.RLock()
         self.active = False
-        self.applied: set[str] = set()
+        #: What instrument put on, taken off by uninstrument (a framework's wrapper goes on once).
+        self.patches = Patches()
         self.hooked: set[str] = set()
 
 
@@ -173,11 +145,10 @@ _state = _State()
 
 
 def _hook(framework: str) -> Callable[[object], None]:
-    def on_import(module: object) -> None:  # noqa: ARG001 - wrapt's post-import hook signature
+    def on_import(module: object) -> None:
         with _state.lock:
-            if _state.active and framework not in _state.applied:
-                _FRAMEWORKS[framework][1]()
-                _state.applied.add(framework)
+            if _state.active:
+                _state.patches.wrap_named(*_FRAMEWORKS[framework])
 
     return on_import
 
@@ -189,7 +160,7 @@ class FrameworksInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped 
         """None required: each framework is patched only if installed."""
         return ()
 
-    def _instrument(self, **kwargs: Any) -> None:  # noqa: ARG002 - BaseInstrumentor's signature
+    def _instrument(self, **kwargs: Any) -> None:
         with _state.lock:
             _state.active = True
             for framework, (module, _, _) in _FRAMEWORKS.items():
@@ -204,9 +175,7 @@ class FrameworksInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped 
                 _state.hooked.add(framework)
                 register_post_import_hook(_hook(framework), module)
 
-    def _uninstrument(self, **kwargs: Any) -> None:  # noqa: ARG002 - BaseInstrumentor's signature
+    def _uninstrument(self, **kwargs: Any) -> None:
         with _state.lock:
             _state.active = False
-            for framework in list(_state.applied):
-                _FRAMEWORKS[framework][2]()
-                _state.applied.discard(framework)
+            _state.patches.restore()

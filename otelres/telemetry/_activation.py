@@ -5,19 +5,16 @@ metrics need a listener on every call, which sends every call through the full
 decision flow; so that listener is registered only while a real (SDK)
 TracerProvider or MeterProvider is installed. An application that installs its
 providers after :func:`enable` is noticed: the API's ``set_tracer_provider`` and
-``set_meter_provider`` are wrapped (wrapt) to re-evaluate.
+``set_meter_provider`` are wrapped (through :class:`~otelres._patches.Patches`) to re-evaluate.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
 from typing import TYPE_CHECKING
 
-import wrapt
-from opentelemetry.instrumentation.utils import unwrap
-
 from otelres import _events
+from otelres._patches import Patches
 from otelres._sdk import has_meter_provider, has_tracer_provider
 
 from ._calls import CallTelemetry
@@ -116,8 +113,6 @@ def _refresh() -> None:
         _calls_for = (tracing, metering)
 
 
-_watching = False
-
 # The functions that really set the global providers. The public setters look
 # these up at each call, so wrapping them also catches an application (or the
 # SDK's own set-up code) that imported the public setter by name before
@@ -128,29 +123,27 @@ _SETTERS = (
 )
 
 
+#: The wrappers on the setters while watching.
+_watch = Patches()
+
+
+def _refreshing(
+    wrapped: object, instance: object, args: tuple[object, ...], kwargs: dict[str, object]
+) -> object:
+    """A wrapt wrapper for a provider setter: set the provider, then re-evaluate."""
+    result = wrapped(*args, **kwargs)  # type: ignore[operator]
+    _refresh()
+    return result
+
+
 def _watch_providers() -> None:
     """Wrap the API's provider setters once, so that a later SDK set-up is noticed."""
-    global _watching  # noqa: PLW0603
-    if _watching:
+    if _watch.active:
         return
-    _watching = True
-
-    def after(
-        wrapped: object, instance: object, args: tuple[object, ...], kwargs: dict[str, object]
-    ) -> object:
-        result = wrapped(*args, **kwargs)  # type: ignore[operator]
-        _refresh()
-        return result
-
     for module, name in _SETTERS:
-        wrapt.wrap_function_wrapper(module, name, after)
+        _watch.wrap_named(module, name, _refreshing)
 
 
 def _unwatch_providers() -> None:
     """Undo :func:`_watch_providers` (the API's setters come back as they were)."""
-    global _watching  # noqa: PLW0603
-    if not _watching:
-        return
-    _watching = False
-    for module, name in _SETTERS:
-        unwrap(importlib.import_module(module), name)
+    _watch.restore()

@@ -1,32 +1,16 @@
-"""The one way patches go on and come off (``Patches``) and the guarded call
-(``call_inside``, ``passing_through``), on plain classes and modules."""
+"""The one way patches go on and come off (``Patches``), on plain classes and modules."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import sys
 import types
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
-import otelres
-from otelres.instrumentation._common import (
-    Patches,
-    acall_inside,
-    call_inside,
-    passing_through,
-    should_wrap,
-)
-from otelres.testing import capture_events
-
-if TYPE_CHECKING:
-    from otelres.testing import FakeClock
-
-FLAG: contextvars.ContextVar[bool] = contextvars.ContextVar("test_flag", default=False)
+from otelres._patches import Patches
 
 
 def ours(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -160,46 +144,3 @@ def test_keep_notes_what_is_beneath_the_wrappers() -> None:
     cls.connect = cls.connect  # type: ignore[method-assign] # a bound method, as unwrap leaves it
     kept.restore()
     assert vars(cls)["connect"] is original
-
-
-@pytest.mark.parametrize("also", [None, FLAG])
-def test_call_inside_sets_inside_and_also(
-    also: contextvars.ContextVar[bool] | None, clock: FakeClock
-) -> None:
-    """call_inside and acall_inside run the call through the guard with patched calls passing
-    through (and ``also`` set), pass the no-retry reason on, and put both flags back afterwards,
-    on an error too."""
-    guard = otelres.default_registry().guard("dep", clock=clock)
-    seen: list[tuple[bool, bool]] = []
-
-    def note(value: int) -> int:
-        seen.append((should_wrap(), FLAG.get()))
-        return value
-
-    async def anote(value: int) -> int:
-        return note(value)
-
-    def fail() -> None:
-        note(0)
-        raise ConnectionError
-
-    assert call_inside(guard, None, note, (1,), {}, also=also) == 1
-    assert asyncio.run(acall_inside(guard, None, anote, (2,), {}, also=also)) == 2
-    with capture_events() as events, pytest.raises(ConnectionError):
-        call_inside(guard, "not_idempotent", fail, (), {}, also=also)
-    assert [e.reason for e in events.of("retry_suppressed")] == ["not_idempotent"]
-    flagged = also is not None
-    assert seen == [(False, flagged)] * 3
-    assert should_wrap()
-    assert not FLAG.get()
-
-
-def test_passing_through() -> None:
-    """Within passing_through(), patched calls pass through; afterwards they are wrapped again."""
-    assert should_wrap()
-    with pytest.raises(RuntimeError), passing_through(FLAG):
-        assert not should_wrap()
-        assert FLAG.get()
-        raise RuntimeError
-    assert should_wrap()
-    assert not FLAG.get()
