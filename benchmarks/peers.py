@@ -198,7 +198,7 @@ def otelres_resilience(name: str, **breaker: Any) -> otelres.Resilience:
     full jitter from 0.1 s) and a default breaker unless told otherwise.
     """
     res = otelres.Resilience(name, breaker=otelres.BreakerPolicy(**breaker), retry=otelres.RetryPolicy())
-    if not res.enabled:
+    if not res.guard.enabled:
         raise RuntimeError("otelres is disabled by OTELRES_* settings; unset them")
     return res
 

@@ -7,10 +7,9 @@ helpers and users register a :class:`Listener` and read the records in
 test of a tuple, which keeps the core free of any dependency on OpenTelemetry or
 structlog. (stamina's ``RetryDetails`` is the model: one frozen record, one hook.)
 
-Listeners written against the eleven per-kind methods of otelres 0.1
-(``on_retry``, ``on_transition``, ...) keep working: the default
-:meth:`Listener.on_event` hands each record to them, and registering such a
-listener warns once (``DeprecationWarning``).
+Listeners written against the per-kind methods of otelres 0.1 (``on_retry``,
+``on_transition``, ...) keep working: registering one warns
+(``DeprecationWarning``) and registers an adapter that hands each record to them.
 """
 
 from __future__ import annotations
@@ -134,28 +133,20 @@ class Listener:
     per_call = False
 
     def on_event(self, event: Event) -> None:
-        """One event (every kind but ``call``, which comes through :meth:`end_call`).
+        """One event (every kind but ``call``, which comes through :meth:`end_call`)."""
 
-        The default hands it to the per-kind methods of otelres 0.1 (deprecated).
-        """
-        _to_legacy(self, event)
-
-    def start_call(self, breaker: str) -> object:
+    def start_call(self, breaker: str) -> object:  # noqa: ARG002 - the interface
         """A logical call begins (per-call listeners only); the return value comes
         back as ``scope`` in :meth:`end_call` (a span, say).
         """
-        return self.on_call_start(breaker)
+        return None
 
-    def end_call(self, event: Event, scope: object) -> None:
+    def end_call(self, event: Event, scope: object) -> None:  # noqa: ARG002 - the interface
         """A logical call ended (per-call listeners only): ``event`` is its ``call``
         event, ``scope`` what :meth:`start_call` returned. The default hands the
         event to :meth:`on_event`.
         """
-        if type(self).on_call is Listener.on_call and type(self).on_call_end is Listener.on_call_end:
-            self.on_event(event)
-            return
-        self.on_call(event.breaker, event.outcome, event.duration, event.attempt)
-        self.on_call_end(event.breaker, scope, event.outcome, event.attempt, event.duration, event.error)
+        self.on_event(event)
 
     # -- otelres 0.1's per-kind methods (deprecated: override on_event) ----------------------
 
@@ -214,23 +205,40 @@ _LEGACY = (
 )
 
 
-def _to_legacy(listener: Listener, event: Event) -> None:
-    """Hand ``event`` to the listener's per-kind method of otelres 0.1."""
-    kind = event.kind
-    if kind == RETRY:
-        listener.on_retry(event.breaker, event.attempt, event.delay, event.reason)
-    elif kind == RETRY_SUPPRESSED:
-        listener.on_retry_suppressed(event.breaker, event.attempt, event.reason)
-    elif kind == EXHAUSTED:
-        listener.on_exhausted(event.breaker, event.attempt, event.reason)
-    elif kind == REJECTED:
-        listener.on_rejected(event.breaker, event.retry_after)
-    elif kind == FALLBACK:
-        listener.on_fallback(event.breaker, event.reason)
-    elif kind == DEGRADED:
-        listener.on_degraded(event.breaker, event.reason)
-    elif kind == TRANSITION and event.transition is not None:
-        listener.on_transition(event.transition)
+class _Legacy(Listener):
+    """Stands in, in the dispatch, for a listener written against the per-kind
+    methods of otelres 0.1: translates each record into the call it expects.
+    """
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.per_call = listener.per_call
+
+    def on_event(self, event: Event) -> None:
+        listener = self.listener
+        kind = event.kind
+        if kind == RETRY:
+            listener.on_retry(event.breaker, event.attempt, event.delay, event.reason)
+        elif kind == RETRY_SUPPRESSED:
+            listener.on_retry_suppressed(event.breaker, event.attempt, event.reason)
+        elif kind == EXHAUSTED:
+            listener.on_exhausted(event.breaker, event.attempt, event.reason)
+        elif kind == REJECTED:
+            listener.on_rejected(event.breaker, event.retry_after)
+        elif kind == FALLBACK:
+            listener.on_fallback(event.breaker, event.reason)
+        elif kind == DEGRADED:
+            listener.on_degraded(event.breaker, event.reason)
+        elif kind == TRANSITION and event.transition is not None:
+            listener.on_transition(event.transition)
+
+    def start_call(self, breaker: str) -> object:
+        return self.listener.on_call_start(breaker)
+
+    def end_call(self, event: Event, scope: object) -> None:
+        listener = self.listener
+        listener.on_call(event.breaker, event.outcome, event.duration, event.attempt)
+        listener.on_call_end(event.breaker, scope, event.outcome, event.attempt, event.duration, event.error)
 
 
 def _legacy_methods(listener: Listener) -> list[str]:
@@ -245,10 +253,19 @@ call_listeners: tuple[Listener, ...] = ()
 _lock = threading.Lock()
 
 
+def _registered(listener: Listener) -> Listener:
+    """What stands for ``listener`` in the dispatch: itself, or its :class:`_Legacy` adapter."""
+    for registered in listeners:
+        if registered is listener or (isinstance(registered, _Legacy) and registered.listener is listener):
+            return registered
+    return listener
+
+
 def add_listener(listener: Listener) -> None:
     """Register ``listener`` (once; adding it again does nothing)."""
     global listeners, call_listeners  # noqa: PLW0603 - swapped whole so readers never see a tuple mid-change
     legacy = _legacy_methods(listener)
+    entry = listener
     if legacy and type(listener).on_event is Listener.on_event:
         warnings.warn(
             f"{type(listener).__qualname__} overrides {', '.join(legacy)}: these per-kind methods are "
@@ -256,9 +273,10 @@ def add_listener(listener: Listener) -> None:
             DeprecationWarning,
             stacklevel=2,
         )
+        entry = _Legacy(listener)
     with _lock:
-        if listener not in listeners:
-            listeners = (*listeners, listener)
+        if _registered(listener) not in listeners:
+            listeners = (*listeners, entry)
             call_listeners = tuple(x for x in listeners if x.per_call)
 
 
@@ -266,7 +284,8 @@ def remove_listener(listener: Listener) -> None:
     """Unregister ``listener``; a listener not registered is ignored."""
     global listeners, call_listeners  # noqa: PLW0603
     with _lock:
-        listeners = tuple(x for x in listeners if x is not listener)
+        registered = _registered(listener)
+        listeners = tuple(x for x in listeners if x is not registered)
         call_listeners = tuple(x for x in listeners if x.per_call)
 
 
@@ -288,7 +307,7 @@ class _FailureLog:
 
     def failed(self, listener: Listener, method: str, exc: Exception) -> None:
         now = time.monotonic()
-        key = type(listener)
+        key = type(listener.listener if isinstance(listener, _Legacy) else listener)
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last[0] < self.INTERVAL:
