@@ -276,9 +276,10 @@ class CircuitBreaker:
             _report(transition)
         return token
 
-    def rejection(self) -> CircuitOpenError:
+    def rejection(self, error_class: type[CircuitOpenError] = CircuitOpenError) -> CircuitOpenError:
         """A fresh error for a rejected call (never one shared object whose
-        traceback would grow with every raise).
+        traceback would grow with every raise), of ``error_class``: a patched
+        client's rejection is also that library's own connection error.
         """
         # retry_after() inlined: this is the hot path of an outage.
         state = self._state
@@ -288,7 +289,7 @@ class CircuitBreaker:
             wait = self.policy.open_seconds
         else:
             wait = 0.0
-        return CircuitOpenError(self.name, wait)  # the error clamps it at 0 when read
+        return error_class(self.name, wait)  # the error clamps it at 0 when read
 
     # -- outcomes ----------------------------------------------------------------
 

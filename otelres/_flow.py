@@ -112,6 +112,7 @@ class Guard:
         "clock",
         "discard",
         "enabled",
+        "error_class",
         "fallback",
         "fast",
         "in_flight",
@@ -137,6 +138,7 @@ class Guard:
         random: Callable[[], float] | None = None,
         enabled: bool = True,
         target: Target | None = None,
+        error_class: type[CircuitOpenError] = CircuitOpenError,
     ) -> None:
         if not isinstance(retry, RetryPolicy):
             raise ConfigError("retry", retry, "an otelres.RetryPolicy")
@@ -153,6 +155,9 @@ class Guard:
         self.random = random if random is not None else _random.random
         self.enabled = enabled
         self.target = target
+        #: What a rejection raises: CircuitOpenError, or a subclass that is also a
+        #: patched library's own "could not reach the server" error.
+        self.error_class = error_class
         # Bound once: the drivers and the flow call these on every call.
         self.acquire = breaker.acquire
         self.record = breaker.record
@@ -172,7 +177,7 @@ class Guard:
 
     def rejected(self) -> CircuitOpenError:
         """The error of a call rejected without a Flow (reported to the listeners)."""
-        error = self.breaker.rejection()
+        error = self.breaker.rejection(self.error_class)
         if _events.listeners:
             _events.emit(_events.Event(_events.REJECTED, self.name, retry_after=error.retry_after))
         return error

@@ -28,7 +28,7 @@ from ._breaker import CircuitBreaker
 from ._budget import RetryBudget
 from ._clock import MONOTONIC, Clock
 from ._config import Settings
-from ._errors import ConfigError
+from ._errors import CircuitOpenError, ConfigError
 from ._flow import Guard
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
 
@@ -56,8 +56,11 @@ class Profile:
     configured breaker policy's (what counts against the breaker), ``retry``
     gives the changes to the configured retry policy for a configuration entry
     (its predicates, its reason labels, ``attempts=1`` for a call never
-    repeated), and ``discard`` releases a result that is retried or replaced.
-    Compared by identity: each is a module-level constant.
+    repeated), ``discard`` releases a result that is retried or replaced, and
+    ``rejection`` gives the class a rejection raises (asked when a guard is
+    built: a subclass of :class:`~otelres.CircuitOpenError` that is also the
+    client library's own connection error, so an application's ``except``
+    clauses keep working). Compared by identity: each is a module-level constant.
     """
 
     kind: str
@@ -65,6 +68,7 @@ class Profile:
     failure_result: ResultPredicate | None = None
     retry: Callable[[Target], Mapping[str, Any]] | None = None
     discard: Callable[[Any], object] | None = None
+    rejection: Callable[[], type[CircuitOpenError]] | None = None
 
     def judge(self, target: Target) -> BreakerPolicy:
         """The breaker policy whose predicates judge this caller's attempts."""
@@ -74,6 +78,10 @@ class Profile:
         if self.failure_result is not None:
             changes["failure_result"] = self.failure_result
         return target.breaker.evolve(**changes) if changes else target.breaker
+
+    def error_class(self) -> type[CircuitOpenError]:
+        """What a rejection of this caller's calls raises."""
+        return self.rejection() if self.rejection is not None else CircuitOpenError
 
     def retry_policy(self, target: Target) -> RetryPolicy:
         """The configured retry policy with this caller's changes."""
@@ -169,6 +177,7 @@ class Registry:
             random=random,
             enabled=target.enabled,
             target=target,
+            error_class=profile.error_class(),
         )
 
     def _shared_guard(self, name: str, profile: Profile) -> Guard:
@@ -191,6 +200,7 @@ class Registry:
             discard=profile.discard,
             enabled=target.enabled,
             target=target,
+            error_class=profile.error_class(),
         )
         with self._lock:
             if settings is self._guards_for:
