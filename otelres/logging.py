@@ -1,10 +1,13 @@
 """An opinionated structlog set-up for applications that want one.
 
-otelres logs through structlog and never configures it behind the
-application's back; :func:`configure` is for an application that has no
-logging set-up of its own: JSON lines when the output is not a terminal, the
-console renderer on a terminal, and the current trace and span ids on every
-line.
+otelres writes its events through structlog when the application configured
+structlog, else to the standard library logger ``otelres`` (so that the
+application's ``logging`` configuration decides level, format and
+destination); it never configures either behind the application's back and
+never prints on its own. :func:`configure` is for an application that has no
+logging set-up of its own: structlog with JSON lines when the output is not a
+terminal, the console renderer on a terminal, and the current trace and span
+ids on every line; otelres's events then go there too.
 """
 
 from __future__ import annotations

@@ -102,9 +102,22 @@ def status_line(status: int) -> str:
 
 def log_rejected(error: CircuitOpenError) -> None:
     """One warning line for a request answered 503 (no traceback): the middlewares'
-    and the frameworks' line alike.
+    and the frameworks' line alike. It goes where otelres's other events go
+    (structlog when the application configured it, else the standard library
+    logger ``otelres.server``), with the current trace and span ids.
     """
-    _log.warning("answered 503: circuit %r is open (retry after %.1f s)", error.breaker, error.retry_after)
+    from otelres.telemetry import names  # noqa: PLC0415 - structlog only when logging
+    from otelres.telemetry._logs import emit, trace_ids  # noqa: PLC0415
+
+    emit(
+        logging.WARNING,
+        names.LOG_REQUEST_REJECTED,
+        logger=_log.name,
+        status=503,
+        breaker=error.breaker,
+        retry_after=round(error.retry_after, 1),
+        **trace_ids(),
+    )
 
 
 def circuit_open_response(error: CircuitOpenError) -> Response:

@@ -1,4 +1,4 @@
-"""OpenTelemetry spans and metrics and structlog events for otelres.
+"""OpenTelemetry spans and metrics and log events for otelres.
 
 ``otelres.instrument()`` turns this on; :func:`enable` and :func:`disable`
 do it alone. The names are in :mod:`otelres.telemetry.names`.

@@ -1,6 +1,8 @@
 """Turning telemetry on and off, and keeping it free when nobody measures.
 
-Events (retries, transitions, rejections) always go to structlog. Spans and
+Events (retries, transitions, rejections) are always logged (through structlog
+when the application configured it, else to the standard library logger
+``otelres``: see :func:`otelres.telemetry._logs.emit`). Spans and
 metrics need a listener on every call, which sends every call through the full
 decision flow; so that listener is registered only while a real (SDK)
 TracerProvider or MeterProvider is installed. An application that installs its

@@ -30,6 +30,7 @@ __all__ = [
     "EVENT_RETRY",
     "LOG_CALL_REJECTED",
     "LOG_CIRCUIT_TRANSITION",
+    "LOG_REQUEST_REJECTED",
     "LOG_RETRY",
     "LOG_RETRY_EXHAUSTED",
     "LOG_RETRY_SUPPRESSED",
@@ -97,9 +98,11 @@ EVENT_RETRY: Final = "otelres.retry"
 EVENT_CIRCUIT_TRANSITION: Final = "otelres.circuit.transition"
 EVENT_CIRCUIT_REJECTED: Final = "otelres.circuit.rejected"
 
-# -- structlog events --------------------------------------------------------------------
+# -- log events (structlog when the application configured it, else the logger "otelres") --
 LOG_RETRY: Final = "otelres.retry"
 LOG_RETRY_SUPPRESSED: Final = "otelres.retry.suppressed"
 LOG_RETRY_EXHAUSTED: Final = "otelres.retry.exhausted"
 LOG_CIRCUIT_TRANSITION: Final = "otelres.circuit.transition"
 LOG_CALL_REJECTED: Final = "otelres.call.rejected"
+#: A request the middleware (or the framework glue) answered 503 because a circuit is open.
+LOG_REQUEST_REJECTED: Final = "otelres.request.rejected"
