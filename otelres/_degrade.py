@@ -22,6 +22,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _events
+from ._dependency import is_dependency_error
 from ._errors import CircuitOpenError, ConfigError, RetryError
 from ._policy import as_exception_predicate
 
@@ -104,10 +105,15 @@ def _report(part: str, exc: Exception) -> None:
         _events.emit(_events.Event(_events.DEGRADED, part, reason=reason))
 
 
+def _dependency_failed(exc: BaseException) -> bool:
+    """``degrade``'s default ``on``: the dependency failed, however it was reported."""
+    return isinstance(exc, (CircuitOpenError, RetryError)) or is_dependency_error(exc)
+
+
 def degrade(
     fallback: object,
     *,
-    on: object = (CircuitOpenError, RetryError),
+    on: object = None,
     name: str | None = None,
 ) -> Callable[[_F], _F]:
     """Decorate a function (sync or async) to return ``fallback`` instead of raising
@@ -116,15 +122,17 @@ def degrade(
     ``fallback`` is a value, or a callable taking the error (for an async function
     it may be async; a callable *value* must be wrapped: ``lambda _exc: value``).
     ``on`` is an exception class, a tuple of them, or a predicate on the error;
-    by default :class:`~otelres.CircuitOpenError` and :class:`~otelres.RetryError`.
+    by default the errors that say the dependency failed: an open circuit
+    (:class:`~otelres.CircuitOpenError`), exhausted retries (the last error
+    re-raised as it came, or :class:`~otelres.RetryError`), a dependency error
+    on a call that was not retried (see :mod:`otelres._dependency`). A bug of
+    the handler's own (``KeyError``, ``TypeError``) still propagates.
     The part is named ``name``, else by the error's breaker, else by the
     function's ``__qualname__``: it goes into the request's ``X-Degraded`` header
     and to the listeners as ``fallback`` and ``degraded`` events. Only :class:`Exception` is ever
     replaced: never a cancellation, ``KeyboardInterrupt`` or ``SystemExit``.
     """
-    if on is None:
-        raise ConfigError("degrade.on", on, "an exception class, a tuple of them, or a predicate")
-    matches = as_exception_predicate("degrade.on", on)  # type: ignore[arg-type] # checked there
+    matches = _dependency_failed if on is None else as_exception_predicate("degrade.on", on)  # type: ignore[arg-type]
     if name is not None and (not isinstance(name, str) or not name):
         raise ConfigError("degrade.name", name, "a non-empty string or None")
     compute = callable(fallback)

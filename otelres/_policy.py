@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, Union
 
 from ._backoff import JITTER_MODES, Jitter
+from ._dependency import is_dependency_error
 from ._errors import CircuitOpenError, ConfigError
 
 __all__ = [
@@ -132,10 +133,13 @@ class BreakerPolicy(_Evolve):
     ``max_open_seconds``; then admits ``half_open_calls`` probes and closes when
     all of them succeed.
 
-    An exception counts as a failure when ``failure_on`` matches it and
-    ``ignore`` does not; an ignored exception counts neither way (the caller's
-    own mistake, or a cancellation); any other exception counts as a success.
-    A result counts as a failure when ``failure_result`` says so (HTTP 5xx).
+    An exception counts as a failure when ``failure_on`` matches it (by default
+    the errors that say a dependency failed: see :mod:`otelres._dependency`)
+    and ``ignore`` does not. Any other exception counts neither way (the
+    caller's own mistake, or a cancellation), or as a success with
+    ``others_succeed=True`` (what a client integration says: the server
+    answered, with a SQL error say). A result counts as a failure when
+    ``failure_result`` says so (HTTP 5xx).
     """
 
     failure_rate: float = 0.5
@@ -149,9 +153,10 @@ class BreakerPolicy(_Evolve):
     open_backoff: float = 2.0
     max_open_seconds: float = 60.0
     half_open_calls: int = 1
-    failure_on: ExceptionMatcher = Exception
+    failure_on: ExceptionMatcher = is_dependency_error
     ignore: ExceptionMatcher | None = None
     failure_result: ResultPredicate | None = None
+    others_succeed: bool = False
 
     def __post_init__(self) -> None:
         _check_number("breaker.failure_rate", self.failure_rate, low=0.0, high=1.0, low_open=True)
@@ -172,6 +177,8 @@ class BreakerPolicy(_Evolve):
                 f"a number >= breaker.open_seconds ({self.open_seconds:g})",
             )
         _check_callable("breaker.failure_result", self.failure_result)
+        if not isinstance(self.others_succeed, bool):
+            raise ConfigError("breaker.others_succeed", self.others_succeed, "true | false")
         # Normalised once here so that the hot path calls one predicate.
         object.__setattr__(self, "_is_failure", as_exception_predicate("breaker.failure_on", self.failure_on))
         object.__setattr__(self, "_is_ignored", as_exception_predicate("breaker.ignore", self.ignore))
@@ -187,7 +194,7 @@ class BreakerPolicy(_Evolve):
         if self._is_failure(exc):
             return True
         # A cancellation or an interpreter exit says nothing about the dependency.
-        return False if isinstance(exc, Exception) else None
+        return False if self.others_succeed and isinstance(exc, Exception) else None
 
     def judge(self, exc: BaseException | None, result: Any = None) -> bool | None:
         """Whether an attempt that raised ``exc`` (or, when None, returned ``result``)
@@ -233,7 +240,7 @@ class RetryPolicy(_Evolve):
     max_delay: float = 5.0
     jitter: Jitter = "full"
     deadline: float | None = None
-    retry_on: ExceptionMatcher = Exception
+    retry_on: ExceptionMatcher = is_dependency_error
     retry_on_result: ResultPredicate | None = None
     retry_after: Callable[[BaseException | None, Any], float | None] | None = None
     retry_after_cap: float = 30.0

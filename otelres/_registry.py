@@ -52,8 +52,10 @@ class Profile:
     """How one kind of caller judges and retries its calls to a dependency.
 
     An integration has one per kind of call (HTTP requests; PostgreSQL connects
-    and statements; ...): ``failure_on`` and ``failure_result`` replace the
-    configured breaker policy's (what counts against the breaker), ``retry``
+    and statements; ...): ``failure_on``, ``failure_result`` and
+    ``others_succeed`` replace the configured breaker policy's (what counts
+    against the breaker; by default an error the integration does not call a
+    failure is the server's answer, a success; None keeps the configured), ``retry``
     gives the changes to the configured retry policy for a configuration entry
     (its predicates, its reason labels, ``attempts=1`` for a call never
     repeated), ``discard`` releases a result that is retried or replaced, and
@@ -66,6 +68,7 @@ class Profile:
     kind: str
     failure_on: ExceptionMatcher | None = None
     failure_result: ResultPredicate | None = None
+    others_succeed: bool | None = True
     retry: Callable[[Target], Mapping[str, Any]] | None = None
     discard: Callable[[Any], object] | None = None
     rejection: Callable[[], type[CircuitOpenError]] | None = None
@@ -77,6 +80,8 @@ class Profile:
             changes["failure_on"] = self.failure_on
         if self.failure_result is not None:
             changes["failure_result"] = self.failure_result
+        if self.others_succeed is not None:
+            changes["others_succeed"] = self.others_succeed
         return target.breaker.evolve(**changes) if changes else target.breaker
 
     def error_class(self) -> type[CircuitOpenError]:
@@ -89,7 +94,7 @@ class Profile:
 
 
 #: A call site with no integration's predicates: the configuration as it is.
-GENERIC = Profile("generic")
+GENERIC = Profile("generic", others_succeed=None)
 
 
 class Registry:

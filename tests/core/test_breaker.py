@@ -69,8 +69,8 @@ def half_open(clock: FakeClock, **policy: Any) -> CircuitBreaker:
     return breaker
 
 
-class Boom(Exception):
-    pass
+class Boom(ConnectionError):
+    """A dependency's failure (the default failure_on counts dependency errors only)."""
 
 
 def raise_(exc: BaseException) -> Any:
@@ -504,8 +504,9 @@ def test_transition_to_rejects_an_unknown_state(clock: FakeClock) -> None:
 
 
 def test_exceptions_outside_failure_on_count_as_successes(clock: FakeClock) -> None:
-    """With failure_on=ConnectionError, a ValueError is re-raised but recorded as a success."""
-    breaker = make(clock, failure_on=ConnectionError, consecutive_failures=1)
+    """With failure_on=ConnectionError and others_succeed, a ValueError is re-raised but recorded as a
+    success (the dependency answered)."""
+    breaker = make(clock, failure_on=ConnectionError, others_succeed=True, consecutive_failures=1)
     with pytest.raises(ValueError):
         breaker.call(raise_, ValueError("bad input"))
     assert breaker.stats().successes == 1
@@ -592,7 +593,7 @@ def test_settle_classifies_and_records(
     clock: FakeClock, exc: BaseException | None, result: int | None, expected: bool
 ) -> None:
     """settle() classifies an outcome like call() does, records it and returns the verdict."""
-    breaker = make(clock, failure_on=Boom, failure_result=lambda status: status >= 500)
+    breaker = make(clock, failure_on=Boom, failure_result=lambda status: status >= 500, others_succeed=True)
     token = admit(breaker)
     assert breaker.settle(token, clock.monotonic(), exc, result) is expected
     stats = breaker.stats()

@@ -79,6 +79,7 @@ BAD: list[tuple[type, str, object, str]] = [
     (BreakerPolicy, "ignore", (KeyError, 3), "breaker.ignore"),
     (BreakerPolicy, "failure_result", 503, "breaker.failure_result"),
     (BreakerPolicy, "failure_result", "status >= 500", "breaker.failure_result"),
+    (BreakerPolicy, "others_succeed", "yes", "breaker.others_succeed"),
     # RetryPolicy
     (RetryPolicy, "attempts", 0, "retry.attempts"),
     (RetryPolicy, "attempts", -1, "retry.attempts"),
@@ -293,7 +294,7 @@ def test_evolve_renormalises_exception_matchers() -> None:
     policy = BreakerPolicy(failure_on=ValueError)
     changed = policy.evolve(failure_on=KeyError)
     assert changed.classify(KeyError("k")) is True
-    assert changed.classify(ValueError("v")) is False
+    assert changed.classify(ValueError("v")) is None
     assert policy.classify(ValueError("v")) is True
     retry = RetryPolicy(retry_on=ConnectionError).evolve(retry_on=TimeoutError)
     assert retry.should_retry(TimeoutError()) is True
@@ -395,15 +396,15 @@ def test_policies_are_slotted() -> None:
 
 
 def test_failure_on_a_class() -> None:
-    """failure_on=<class> counts that class and its subclasses as failures, others as successes."""
+    """failure_on=<class> counts that class and its subclasses as failures, others neither way."""
     policy = BreakerPolicy(failure_on=OSError)
     assert policy.classify(ConnectionResetError()) is True
-    assert policy.classify(ValueError()) is False
+    assert policy.classify(ValueError()) is None
 
 
 def test_failure_on_a_tuple_of_classes() -> None:
     """failure_on=(A, B) counts either as a failure."""
-    policy = BreakerPolicy(failure_on=(TimeoutError, KeyError))
+    policy = BreakerPolicy(failure_on=(TimeoutError, KeyError), others_succeed=True)
     assert policy.classify(TimeoutError()) is True
     assert policy.classify(KeyError()) is True
     assert policy.classify(ValueError()) is False
@@ -411,7 +412,7 @@ def test_failure_on_a_tuple_of_classes() -> None:
 
 def test_failure_on_a_predicate() -> None:
     """failure_on=<callable> decides from the exception itself."""
-    policy = BreakerPolicy(failure_on=lambda exc: "503" in str(exc))
+    policy = BreakerPolicy(failure_on=lambda exc: "503" in str(exc), others_succeed=True)
     assert policy.classify(RuntimeError("got 503")) is True
     assert policy.classify(RuntimeError("got 404")) is False
 
@@ -430,7 +431,7 @@ def test_cancellation_and_exit_are_not_failures_by_default() -> None:
     assert policy.classify(asyncio.CancelledError()) is None
     assert policy.classify(KeyboardInterrupt()) is None
     assert policy.classify(SystemExit(1)) is None
-    assert policy.classify(RuntimeError()) is True
+    assert policy.classify(ConnectionError()) is True
 
 
 @pytest.mark.parametrize(
@@ -461,12 +462,29 @@ def test_predicate_result_is_made_a_bool() -> None:
     assert RetryPolicy(retry_on=lambda _: 0).should_retry(ValueError()) is False
 
 
-def test_default_retry_on_is_every_exception_but_not_base_exceptions() -> None:
-    """By default Exception subclasses are retried; KeyboardInterrupt and CancelledError are not."""
+def test_default_retry_on_is_dependency_errors_only() -> None:
+    """By default only errors that say the dependency failed are retried: the OSError family and
+    asyncio.TimeoutError; the caller's own errors, KeyboardInterrupt and CancelledError are not."""
     policy = RetryPolicy()
-    assert policy.should_retry(ValueError()) is True
-    assert policy.should_retry(KeyboardInterrupt()) is False
+    assert policy.should_retry(ConnectionResetError()) is True
+    assert policy.should_retry(TimeoutError()) is True
+    assert policy.should_retry(asyncio.TimeoutError()) is True
+    assert policy.should_retry(OSError("dns")) is True
+    for own in (ValueError(), KeyError("k"), TypeError(), RuntimeError(), KeyboardInterrupt()):
+        assert policy.should_retry(own) is False
     assert policy.should_retry(asyncio.CancelledError()) is False
+    assert RetryPolicy(retry_on=Exception).should_retry(ValueError()) is True
+
+
+def test_default_failure_on_counts_dependency_errors_and_ignores_the_callers() -> None:
+    """By default the breaker counts dependency errors as failures and the caller's own errors
+    neither way; others_succeed=True makes them successes (the server answered)."""
+    policy = BreakerPolicy()
+    assert policy.classify(ConnectionRefusedError()) is True
+    assert policy.classify(ValueError()) is None
+    assert policy.classify(KeyError("k")) is None
+    assert BreakerPolicy(others_succeed=True).classify(ValueError()) is False
+    assert BreakerPolicy(failure_on=Exception).classify(ValueError()) is True
 
 
 @pytest.mark.parametrize(

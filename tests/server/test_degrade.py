@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.util import setup_testing_defaults
 
 import pytest
 
+import otelres
 from otelres import _events, wsgi
 from otelres._degrade import DEGRADED, degrade, degraded_parts, note_degraded
 from otelres._errors import CircuitOpenError, ConfigError, RetryError
 from otelres._events import Event, Listener
+
+if TYPE_CHECKING:
+    from otelres.testing import FakeClock
 
 
 class Fallbacks(Listener):
@@ -312,3 +316,30 @@ def test_wsgi_response_without_fallback_has_no_header() -> None:
     status, headers, _ = _call_wsgi(wsgi.ResilienceMiddleware(page))
     assert status.startswith("200")
     assert all(name != "X-Degraded" for name, _ in headers)
+
+
+def test_exhausted_retries_fall_back_by_default(clock: FakeClock) -> None:
+    """With the default on=, the error a Resilience re-raises after its last attempt (a
+    ConnectionError, not a RetryError) gives the fallback instead of a 500."""
+    res = otelres.Resilience("http://recs:80", clock=clock)
+
+    @degrade(["popular"])
+    def recommendations() -> list[str]:
+        return res.call(refused)
+
+    assert recommendations() == ["popular"]
+
+
+def test_a_handlers_own_bug_still_propagates() -> None:
+    """With the default on=, a KeyError or TypeError of the handler's own is not hidden by the fallback."""
+
+    @degrade(["popular"])
+    def recommendations() -> list[str]:
+        return {}["missing"]  # type: ignore[no-any-return]
+
+    with pytest.raises(KeyError):
+        recommendations()
+
+
+def refused() -> list[str]:
+    raise ConnectionRefusedError("refused")
