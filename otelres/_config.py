@@ -272,6 +272,28 @@ def _layer_of_table(where: str, table: Mapping[str, Any], known: frozenset[str])
     return layer
 
 
+#: The unknown ``OTELRES_*`` variables already warned about: one warning per name per process.
+_warned_variables: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _unknown_variable(var: str, known: Iterable[str]) -> None:
+    """Warn once per process about an ``OTELRES_*`` variable otelres does not read,
+    with the close name when there is one (``did you mean OTELRES_RETRY_ATTEMPTS?``).
+    """
+    with _warned_lock:
+        if var in _warned_variables:
+            return
+        _warned_variables.add(var)
+    # The likeliest slips, as for the keys of the file: a setting without its
+    # section (OTELRES_ATTEMPTS), then a misspelling.
+    field = var.removeprefix("OTELRES_").lower()
+    close = [env_name(k.name) for k in KEYS.values() if k.section and k.field == field]
+    close = close or difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.8)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    _log.warning("otelres: ignoring unknown environment variable %s%s", var, hint)
+
+
 def _layer_of_env(env: Mapping[str, str]) -> _Layer:
     layer: _Layer = {}
     names = {env_name(name): name for name in KEYS}
@@ -280,9 +302,7 @@ def _layer_of_env(env: Mapping[str, str]) -> _Layer:
             continue
         name = names.get(var)
         if name is None:
-            close = difflib.get_close_matches(var, [*names, "OTELRES_CONFIG"], n=1, cutoff=0.8)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            _log.warning("otelres: ignoring unknown environment variable %s%s", var, hint)
+            _unknown_variable(var, [*names, "OTELRES_CONFIG"])
             continue
         layer[name] = (_parse_env(var, KEYS[name], text), var)
     return layer

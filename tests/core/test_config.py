@@ -285,6 +285,19 @@ def test_jitter_from_the_environment_is_case_insensitive(text: str, expected: st
     assert otelres.load_settings(env={"OTELRES_RETRY_JITTER": text}).default.retry.jitter == expected
 
 
+@pytest.fixture(autouse=True)
+def _no_variable_warned_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a fresh process would: no unknown variable warned about yet."""
+    monkeypatch.setattr(_config, "_warned_variables", set())
+
+
+UNKNOWN = "otelres: ignoring unknown environment variable "
+
+
+def warnings_on_otelres(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "otelres" and r.levelno == logging.WARNING]
+
+
 def test_unknown_otelres_variables_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     """A misspelt OTELRES_ variable changes nothing and is logged on "otelres", with the close name."""
     env = {"OTELRES_RETRY_ATTEMPT": "9", "OTELRES_NOTHING_LIKE_IT": "1", "OTELRES_CONFIG": "", "PATH": "/x"}
@@ -298,6 +311,48 @@ def test_unknown_otelres_variables_are_ignored_with_a_warning(caplog: pytest.Log
     assert "did you mean" not in messages[0]
     assert "OTELRES_RETRY_ATTEMPT" in messages[1]
     assert messages[1].endswith("did you mean OTELRES_RETRY_ATTEMPTS?")
+
+
+def test_misspelt_variable_gets_one_did_you_mean_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """OTELRES_RETRY_ATEMPTS gets one "did you mean OTELRES_RETRY_ATTEMPTS?" warning per process,
+    however often the settings are loaded."""
+    env = {"OTELRES_RETRY_ATEMPTS": "5"}
+    with caplog.at_level(logging.WARNING, logger="otelres"):
+        for _ in range(3):
+            assert otelres.load_settings(env=env) == otelres.Settings()
+    assert warnings_on_otelres(caplog) == [
+        UNKNOWN + "OTELRES_RETRY_ATEMPTS; did you mean OTELRES_RETRY_ATTEMPTS?"
+    ]
+
+
+def test_instrument_and_reloads_warn_once_per_name(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process's settings, reloaded by configure(None) and by instrument-style overrides, warn
+    about each unknown variable once; a second unknown name gets its own warning."""
+    monkeypatch.setenv("OTELRES_BREAKER_OPEN_SECOND", "3")
+    with caplog.at_level(logging.WARNING, logger="otelres"):
+        _config.current()
+        _config.configure(None)
+        _config.current()
+        otelres.load_settings(overrides={"retry_attempts": 2})
+        monkeypatch.setenv("OTELRES_UNHEARD_OF", "1")
+        _config.configure(None)
+        _config.current()
+    assert warnings_on_otelres(caplog) == [
+        UNKNOWN + "OTELRES_BREAKER_OPEN_SECOND; did you mean OTELRES_BREAKER_OPEN_SECONDS?",
+        UNKNOWN + "OTELRES_UNHEARD_OF",
+    ]
+
+
+def test_a_setting_without_its_section_suggests_the_full_name(caplog: pytest.LogCaptureFixture) -> None:
+    """OTELRES_ATTEMPTS (the section left out) suggests OTELRES_RETRY_ATTEMPTS, as the file's keys do."""
+    with caplog.at_level(logging.WARNING, logger="otelres"):
+        otelres.load_settings(env={"OTELRES_ATTEMPTS": "5", "OTELRES_HALF_OPEN_CALLS": "2"})
+    assert sorted(warnings_on_otelres(caplog)) == [
+        UNKNOWN + "OTELRES_ATTEMPTS; did you mean OTELRES_RETRY_ATTEMPTS?",
+        UNKNOWN + "OTELRES_HALF_OPEN_CALLS; did you mean OTELRES_BREAKER_HALF_OPEN_CALLS?",
+    ]
 
 
 def test_known_variables_log_nothing(caplog: pytest.LogCaptureFixture) -> None:
@@ -855,7 +910,7 @@ def test_whole_policy_keeps_its_predicates() -> None:
 
     settings = otelres.load_settings(env={}, overrides={"breaker": otelres.BreakerPolicy(failure_on=boom)})
     assert settings.default.breaker.classify(RuntimeError("boom")) is True
-    assert settings.default.breaker.classify(RuntimeError("fine")) is False
+    assert settings.default.breaker.classify(RuntimeError("fine")) is None
 
 
 def test_whole_policy_from_code_beats_the_environment() -> None:
