@@ -6,10 +6,13 @@ import argparse
 import math
 import sys
 
+from . import __version__
+
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The command's parser and the demo's (which reports the demo's bad values)."""
     parser = argparse.ArgumentParser(prog="otelres", description="Resilience for a service's dependencies.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",

@@ -6,6 +6,13 @@ otelres's telemetry, and patches every supported client library that is
 installed, enabling OpenTelemetry's own instrumentation of it (for the
 attempts' CLIENT spans) when that is installed and not already on.
 Idempotent; :func:`uninstrument` undoes every patch it made.
+
+Like OpenTelemetry's instrumentors, it takes ``tracer_provider`` and
+``meter_provider``: otelres's own spans and metrics and the OpenTelemetry
+instrumentations it turns on then use those instead of the global providers
+(and the SDK is not set up from ``OTEL_*`` for a signal given so). An
+instrumentor already on (``opentelemetry-instrument`` loads otelres's through
+their entry points) is left as it is, never instrumented twice.
 """
 
 from __future__ import annotations
@@ -21,7 +28,11 @@ from . import _config
 from ._sdk import configure_sdk
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
     from ._patches import Patches
+    from ._sdk import Signal
 
 __all__ = ["INTEGRATIONS", "instrument", "uninstrument"]
 
@@ -85,24 +96,47 @@ def _disabled() -> set[str]:
     return {name.strip() for name in raw.split(",") if name.strip()}
 
 
-def instrument(**overrides: object) -> None:
+def instrument(
+    *,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    **overrides: object,
+) -> None:
     """Turn otelres on for this process.
 
-    ``overrides`` are configuration keys (``retry_attempts=5``, see README);
-    they replace the process's settings. With ``OTELRES_ENABLED=false`` this
-    does nothing.
+    ``tracer_provider`` and ``meter_provider``, as OpenTelemetry's instrumentors
+    take them: otelres's spans and metrics, and those of the OpenTelemetry
+    instrumentations it turns on, go there instead of to the global providers.
+    The other ``overrides`` are configuration keys (``retry_attempts=5``, see
+    README); they replace the process's settings. With ``OTELRES_ENABLED=false``
+    this does nothing. A second call changes the settings and the providers of
+    otelres's own telemetry; the libraries stay patched as they are.
     """
     global _instrumented  # noqa: PLW0603 - one instrumentation state per process
+    providers: dict[str, Any] = {
+        key: value
+        for key, value in (("tracer_provider", tracer_provider), ("meter_provider", meter_provider))
+        if value is not None
+    }
     with _lock:
         settings = _config.load_settings(overrides=overrides) if overrides else _config.current()
         if overrides:
             _config.configure(settings)
-        if not settings.enabled or _instrumented:
+        if not settings.enabled:
             return
-        configure_sdk()
         from . import telemetry  # noqa: PLC0415 - OpenTelemetry loads only when asked for
 
-        telemetry.enable()
+        if _instrumented:
+            if providers:
+                telemetry.enable(**providers)
+            return
+        skip: list[Signal] = []
+        if tracer_provider is not None:
+            skip.append("traces")
+        if meter_provider is not None:
+            skip.append("metrics")
+        configure_sdk(skip=skip)
+        telemetry.enable(**providers)
         disabled = _disabled()
         for entry, (library, ours, theirs) in INTEGRATIONS.items():
             if entry in disabled or importlib.util.find_spec(library) is None:
@@ -119,14 +153,22 @@ def instrument(**overrides: object) -> None:
             # database drivers), the one patched last is outermost, and otelres's
             # retry loop must be outside the CLIENT span so that each attempt
             # gets its own span.
-            _enable_opentelemetry(theirs, library)
-            instrumentor.instrument(skip_dep_check=True)
+            _enable_opentelemetry(theirs, library, providers)
+            # An instrumentor is a singleton: opentelemetry-instrument (through the
+            # entry point) or the application may have turned this one on already,
+            # and instrumenting it again only logs OpenTelemetry's warning.
+            if instrumentor.is_instrumented_by_opentelemetry:
+                _log.debug("otelres: %s already patched", library)
+                continue
+            instrumentor.instrument(skip_dep_check=True, **providers)
             _patched.append(instrumentor)
         _instrumented = True
 
 
-def _enable_opentelemetry(path: str, library: str) -> None:
-    """Turn on OpenTelemetry's own instrumentation of a library, if installed and off."""
+def _enable_opentelemetry(path: str, library: str, providers: dict[str, Any]) -> None:
+    """Turn on OpenTelemetry's own instrumentation of a library, if installed and
+    off, with the providers given to :func:`instrument`.
+    """
     if not path:
         return
     try:
@@ -139,7 +181,7 @@ def _enable_opentelemetry(path: str, library: str) -> None:
         kept = Patches()
         for cls, name in _class_methods(library):
             kept.keep(cls, name)
-        instrumentor.instrument()
+        instrumentor.instrument(**providers)
         _patched.append(_Undo(instrumentor, kept))
 
 

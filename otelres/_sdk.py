@@ -24,7 +24,7 @@ from opentelemetry import metrics, trace
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
 __all__ = ["configure_sdk", "exporter_names", "has_meter_provider", "has_tracer_provider"]
 
@@ -76,14 +76,19 @@ def has_meter_provider() -> bool:
     )
 
 
-def configure_sdk(env: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+def configure_sdk(
+    env: Mapping[str, str] | None = None, *, skip: Collection[Signal] = ()
+) -> dict[str, list[str]]:
     """Install SDK providers for the signals the environment asks for and the
     application has not set up; returns the exporters installed per signal.
+
+    The signals in ``skip`` are left alone: the application handed otelres a
+    provider of its own for them.
     """
     env = os.environ if env is None else env
     wanted: dict[Signal, list[str]] = {
-        "traces": [] if has_tracer_provider() else exporter_names("traces", env),
-        "metrics": [] if has_meter_provider() else exporter_names("metrics", env),
+        "traces": [] if "traces" in skip or has_tracer_provider() else exporter_names("traces", env),
+        "metrics": [] if "metrics" in skip or has_meter_provider() else exporter_names("metrics", env),
     }
     if not wanted["traces"] and not wanted["metrics"]:
         return {"traces": [], "metrics": []}
