@@ -26,6 +26,7 @@ The protocol a driver follows::
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import random as _random
 import sys
@@ -46,7 +47,16 @@ if TYPE_CHECKING:
     from ._budget import RetryBudget
     from ._config import Target
 
-__all__ = ["DONE", "RERAISE", "Flow", "Guard", "current_attempt", "testing_state"]
+__all__ = [
+    "DONE",
+    "ENCLOSING",
+    "RERAISE",
+    "Flow",
+    "Guard",
+    "current_attempt",
+    "mark_no_retry",
+    "testing_state",
+]
 
 
 class _Step:
@@ -66,6 +76,34 @@ RERAISE: Final = _Step("RERAISE")
 
 
 _ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("otelres_attempt", default=1)
+
+#: The guard whose attempt is running in this context (None outside every otelres call).
+#: A call made inside it reads it: one retry layer (a patched client inside a
+#: ``@resilient`` function makes one attempt per outer attempt) and one permit per
+#: breaker (a call through the same breaker rides on the outer attempt's permit).
+ENCLOSING: contextvars.ContextVar[Guard | None] = contextvars.ContextVar("otelres_enclosing", default=None)
+
+#: The attribute an error (or a result) carries out of a call that must not be repeated:
+#: the reason, which binds every enclosing otelres call too.
+_NO_RETRY = "__otelres_no_retry__"
+
+
+def mark_no_retry(outcome: object, reason: str) -> None:
+    """Say on an error or result leaving a call that the call must not be repeated
+    (``not_idempotent``, ``not_replayable``), so that no enclosing call retries it.
+    """
+    # A value without a __dict__ (an int, a slotted object) cannot carry it.
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(outcome, _NO_RETRY, reason)
+
+
+def _no_retry_of(outcome: object) -> str | None:
+    """The reason an inner call marked ``outcome`` with, if any."""
+    try:
+        reason = getattr(outcome, _NO_RETRY, None)
+    except Exception:  # noqa: BLE001 - a result whose __getattr__ misbehaves says nothing
+        return None
+    return reason if isinstance(reason, str) else None
 
 
 def current_attempt() -> int:
@@ -201,6 +239,7 @@ class Flow:
         "kwargs",
         "no_retry",
         "outcome",
+        "outer",
         "rejection",
         "started",
         "value",
@@ -212,10 +251,13 @@ class Flow:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         no_retry: str | None = None,
+        outer: Guard | None = None,
     ) -> None:
         # Only what the success path needs is set here; the rest is set when a
         # retry is first considered (this constructor is on every call's path).
         self.guard = guard
+        #: The enclosing call's guard, when this call runs inside another otelres call.
+        self.outer = outer
         self.args = args
         self.kwargs = kwargs
         self.no_retry = no_retry
@@ -362,8 +404,15 @@ class Flow:
                 reason = policy.reason(exc, result)
                 _events.emit(_events.Event(_events.EXHAUSTED, name, attempt=self.attempts, reason=reason))
             return None
+        if self.no_retry is None:
+            # An inner call's verdict that it must not be repeated binds this one too.
+            self.no_retry = _no_retry_of(exc if exc is not None else result)
         if self.no_retry is not None:
             return self._suppress(self.no_retry)
+        outer = self.outer
+        if outer is not None and outer.retry.attempts > 1:
+            # One retry layer: the enclosing call repeats this one as a whole.
+            return self._suppress("nested")
         delay = None
         if policy.retry_after is not None:
             delay = policy.retry_after(exc, result)
@@ -427,6 +476,8 @@ class Flow:
         ``failed`` is the breaker's reading of ``exc``.
         """
         self.error = exc
+        if self.no_retry is not None:
+            mark_no_retry(exc, self.no_retry)
         if not isinstance(exc, Exception):
             self.outcome = "failure"
             return RERAISE
@@ -445,7 +496,11 @@ class Flow:
             if guard.retry.wrap_exhausted:
                 self.error = RetryError(guard.name, self.attempts, exc)
                 raise self.error from exc
-            if sys.version_info >= (3, 11):
+            if sys.version_info >= (3, 11) and not any(
+                isinstance(note, str) and note.startswith("otelres: ")
+                for note in getattr(exc, "__notes__", ())
+            ):
+                # Once: an exception re-raised through nested calls, or raised again, keeps one note.
                 exc.add_note(f"otelres: {guard.name}: gave up after {self.attempts} attempts")
         return RERAISE
 
@@ -453,6 +508,8 @@ class Flow:
         """No more attempts after a result worth retrying: fall back, wrap or return it."""
         self.outcome = "failure"
         guard = self.guard
+        if self.no_retry is not None:
+            mark_no_retry(result, self.no_retry)
         error = RetryError(guard.name, self.attempts, None, result)
         if self._fall_back(error):
             if guard.discard is not None:

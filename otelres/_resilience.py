@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from . import _events
 from ._breaker import REJECTED
-from ._flow import DONE, RERAISE, Flow, Guard, testing_state
+from ._flow import DONE, ENCLOSING, RERAISE, Flow, Guard, mark_no_retry, testing_state
 from ._registry import default_registry
 
 if TYPE_CHECKING:
+    import contextvars
     from types import TracebackType
 
     from ._breaker import CircuitBreaker
@@ -39,7 +40,32 @@ _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def run(
+def _ride(fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any], no_retry: str | None) -> _T:
+    """A call inside a call through the same breaker: its attempt is the outer one's,
+    under that permit; the outer call judges it and decides on retries (a second
+    permit would be refused in half-open, and nothing would ever probe).
+    """
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as exc:
+        if no_retry is not None:
+            mark_no_retry(exc, no_retry)
+        raise
+
+
+async def _aride(
+    fn: Callable[..., Awaitable[_T]], args: tuple[Any, ...], kwargs: dict[str, Any], no_retry: str | None
+) -> _T:
+    """The async :func:`_ride`."""
+    try:
+        return await fn(*args, **kwargs)
+    except BaseException as exc:
+        if no_retry is not None:
+            mark_no_retry(exc, no_retry)
+        raise
+
+
+def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra call
     guard: Guard,
     fn: Callable[..., _T],
     args: tuple[Any, ...],
@@ -52,6 +78,9 @@ def run(
     ``not_replayable``): a retry that would have been made is then counted as
     suppressed for that reason.
     """
+    outer = ENCLOSING.get()
+    if outer is not None and outer.breaker is guard.breaker:
+        return _ride(fn, args, kwargs, no_retry)
     if guard.fast and not _events.call_listeners:
         # The first admission, without a Flow.
         token = guard.acquire()
@@ -60,26 +89,29 @@ def run(
         started = guard.now()
         in_flight = guard.in_flight
         in_flight.append(None)
+        entered = ENCLOSING.set(guard)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-            flow = Flow(guard, args, kwargs, no_retry)
+            flow = Flow(guard, args, kwargs, no_retry, outer)
             step = flow.resume(token, started, exc)
         else:
             guard.record(token, False, started)  # noqa: FBT003 - hot path
             return result
         finally:
+            ENCLOSING.reset(entered)
             in_flight.pop()
     elif not guard.enabled:
         return fn(*args, **kwargs)
     else:
-        flow = Flow(guard, args, kwargs, no_retry)
+        flow = Flow(guard, args, kwargs, no_retry, outer)
         step = None
     try:
         while True:
             if step is None:
                 if not flow.admit():
                     return flow.end()  # type: ignore[no-any-return] # the fallback, or raises the rejection
+                entered = ENCLOSING.set(guard)
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
@@ -88,6 +120,8 @@ def run(
                         raise
                 else:
                     step = flow.returned(result)
+                finally:
+                    ENCLOSING.reset(entered)
             elif step is RERAISE:
                 raise flow.error  # type: ignore[misc] # the first attempt's exception
             if step is DONE:
@@ -99,7 +133,7 @@ def run(
         flow.close()
 
 
-async def arun(
+async def arun(  # noqa: PLR0915 - as run
     guard: Guard,
     fn: Callable[..., Awaitable[_T]],
     args: tuple[Any, ...],
@@ -107,6 +141,9 @@ async def arun(
     no_retry: str | None = None,
 ) -> _T:
     """The async driver: :func:`run` awaiting ``fn`` and the delays, the same loop."""
+    outer = ENCLOSING.get()
+    if outer is not None and outer.breaker is guard.breaker:
+        return await _aride(fn, args, kwargs, no_retry)
     if guard.fast and not _events.call_listeners:
         token = guard.acquire()
         if token == REJECTED:
@@ -114,26 +151,29 @@ async def arun(
         started = guard.now()
         in_flight = guard.in_flight
         in_flight.append(None)
+        entered = ENCLOSING.set(guard)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-            flow = Flow(guard, args, kwargs, no_retry)
+            flow = Flow(guard, args, kwargs, no_retry, outer)
             step = flow.resume(token, started, exc)
         else:
             guard.record(token, False, started)  # noqa: FBT003 - hot path
             return result
         finally:
+            ENCLOSING.reset(entered)
             in_flight.pop()
     elif not guard.enabled:
         return await fn(*args, **kwargs)
     else:
-        flow = Flow(guard, args, kwargs, no_retry)
+        flow = Flow(guard, args, kwargs, no_retry, outer)
         step = None
     try:
         while True:
             if step is None:
                 if not flow.admit():
                     return flow.end()  # type: ignore[no-any-return]
+                entered = ENCLOSING.set(guard)
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
@@ -142,6 +182,8 @@ async def arun(
                         raise
                 else:
                     step = flow.returned(result)
+                finally:
+                    ENCLOSING.reset(entered)
             elif step is RERAISE:
                 raise flow.error  # type: ignore[misc]
             if step is DONE:
@@ -297,7 +339,7 @@ class Resilience:
         if not guard.enabled:
             yield Attempt(None)
             return
-        flow = Flow(guard, (), {})
+        flow = Flow(guard, (), {}, None, ENCLOSING.get())
         try:
             while flow.admit():
                 attempt = Attempt(flow)
@@ -346,15 +388,19 @@ def resilient(name: str, fn: Any = None, /, **options: Any) -> Any:
 class Attempt:
     """One attempt of :meth:`Resilience.attempts`: a context manager around the block."""
 
-    __slots__ = ("_flow", "number", "step")
+    __slots__ = ("_entered", "_flow", "number", "step")
 
     def __init__(self, flow: Flow | None) -> None:
         self._flow = flow
         self.number = flow.attempts if flow is not None else 1
         #: What the flow decided when the block ended (DONE, RERAISE or a delay).
         self.step: object = DONE
+        self._entered: contextvars.Token[Guard | None] | None = None
 
     def __enter__(self) -> Attempt:  # noqa: PYI034 - a slotted final helper; Self needs 3.11
+        if self._flow is not None:
+            # Calls made in the block are inside this attempt (one retry layer).
+            self._entered = ENCLOSING.set(self._flow.guard)
         return self
 
     def __exit__(
@@ -366,6 +412,9 @@ class Attempt:
         flow = self._flow
         if flow is None:
             return False
+        if self._entered is not None:
+            ENCLOSING.reset(self._entered)
+            self._entered = None
         if exc is None:
             self.step = flow.returned(None)
             return False

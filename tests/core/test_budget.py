@@ -252,11 +252,18 @@ def test_one_budget_shared_by_two_resilience_objects(clock: FakeClock) -> None:
         log.append("b")
         raise ConnectionError
 
+    def call_second() -> None:
+        with pytest.raises(ConnectionError):
+            second.call(second_dependency)
+
     def first_dependency() -> None:
         log.append("a")
-        if len(log) == 2:  # a's retry holds the only slot while b is called
-            with pytest.raises(ConnectionError):
-                second.call(second_dependency)
+        if len(log) == 2:
+            # a's retry holds the only slot while b is called, from another thread: not nested
+            # in a's attempt (a nested call would not retry at all: one retry layer).
+            caller = threading.Thread(target=call_second)
+            caller.start()
+            caller.join(TIMEOUT)
         raise ConnectionError
 
     with capture_events() as events, pytest.raises(ConnectionError):
