@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import TYPE_CHECKING
 
 from ._clock import MONOTONIC, Clock
@@ -18,7 +19,11 @@ from ._errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["current_deadline", "deadline", "time_left"]
+__all__ = ["MAX_DEADLINE", "current_deadline", "deadline", "time_left"]
+
+#: The longest deadline there is: a day. A longer one bounds nothing, and a client
+#: library handed a timeout near 1e308 fails deep inside (an OverflowError from a socket).
+MAX_DEADLINE = 86400.0
 
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("otelres_deadline", default=None)
 
@@ -39,9 +44,15 @@ def deadline(seconds: float, *, clock: Clock = MONOTONIC) -> Iterator[float]:
     """Bound the retries made inside the block to ``seconds`` from now.
 
     Nested deadlines never extend an outer one. Yields the absolute deadline.
+    ``seconds`` must be a finite number from 0 to :data:`MAX_DEADLINE` (a day).
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise ConfigError("deadline", seconds, "a number of seconds >= 0")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or not 0 <= seconds <= MAX_DEADLINE
+    ):
+        raise ConfigError("deadline", seconds, f"a finite number of seconds from 0 to {MAX_DEADLINE:g}")
     limit = clock.monotonic() + seconds
     outer = _DEADLINE.get()
     if outer is not None:
