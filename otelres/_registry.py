@@ -13,7 +13,9 @@ named the dependency first.
 A flood of distinct names (a crawler's hosts, a tenant id in a host name) must
 not grow memory or metric cardinality without bound: past ``max_breakers``
 every new name shares the one :data:`OVERFLOW` breaker, and a warning is
-logged once. The cap is applied here and nowhere else.
+logged once. The cap is applied here and nowhere else, and so is
+:func:`otelres._names.safe_name`: no credential in a name ever reaches a
+breaker, a metric label, a span, a log line or a report.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ._clock import MONOTONIC, Clock
 from ._config import Settings
 from ._errors import CircuitOpenError, ConfigError
 from ._flow import Guard
+from ._names import safe_name
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
 
 if TYPE_CHECKING:
@@ -147,10 +150,11 @@ class Registry:
         :class:`BreakerPolicy` (or a ``clock``) makes a private breaker and
         budget, a :class:`CircuitBreaker` or :class:`RetryBudget` is used as given.
         """
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name.strip():
             raise ConfigError("name", name, "a non-empty string naming the dependency")
         if (retry, breaker, budget, fallback, discard, clock, random) == (None,) * 7:
             return self._shared_guard(name, profile)
+        name = safe_name(name)
         settings = self.settings
         target = settings.for_target(name)
         judge: BreakerPolicy | None = None
@@ -195,7 +199,9 @@ class Registry:
             if settings is not self._guards_for:
                 self._guards.clear()
                 self._guards_for = settings
-        key, (breaker, budget) = self._resolve(name, settings)
+        # Cached under the safe name: a name that had to be made safe (a password in it)
+        # takes this slower path on every call, and is never stored as written.
+        key, (breaker, budget) = self._resolve(safe_name(name), settings)
         target = settings.for_target(key) if key != OVERFLOW else settings.default
         guard = Guard(
             breaker,
@@ -217,7 +223,7 @@ class Registry:
 
     def entry(self, name: str) -> tuple[CircuitBreaker, RetryBudget]:
         """The breaker and budget for ``name`` (the overflow pair past the cap), created on first use."""
-        return self._resolve(name, None)[1]
+        return self._resolve(safe_name(name), None)[1]
 
     def _resolve(
         self, name: str, settings: Settings | None

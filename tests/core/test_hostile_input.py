@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 import otelres
 from otelres._deadline import MAX_DEADLINE, time_left
+from otelres._names import safe_name
+from otelres.testing import capture_events
 
 
 @given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.booleans()))
@@ -25,3 +27,55 @@ def test_a_deadline_is_finite_or_refused(seconds: float) -> None:
         left = time_left()
         assert left is not None
         assert left <= MAX_DEADLINE
+
+
+SECRET = "S3CRET"  # noqa: S105 - the secret the test hunts for
+
+
+@pytest.mark.parametrize(
+    ("written", "published"),
+    [
+        ("postgresql://app:S3CRET@db:5432/app", "postgresql://db:5432/app"),
+        ("postgresql://app:p@S3CRET/w#rd@db:5432/app", "postgresql://db:5432/app"),
+        ("redis://:S3CRET@cache:6379/0?password=S3CRET&db=1", "redis://cache:6379/0?db=1"),
+        ("https://api.example.com:443/v1?api_key=S3CRET&page=2", "https://api.example.com:443/v1?page=2"),
+        ("HTTPS://API.Example.com:443", "https://api.example.com:443"),
+        ("payments", "payments"),
+    ],
+)
+def test_a_breaker_name_is_made_safe_where_it_is_made(written: str, published: str) -> None:
+    """Resilience(name) with user info, a password holding '@', '/' or '#', or a secret query
+    parameter publishes a name without them: the breaker, its events and its guard."""
+    with capture_events() as events:
+        res = otelres.Resilience(
+            written, retry=otelres.RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0)
+        )
+        with pytest.raises(ConnectionError):
+            res.call(refuse)
+    assert res.name == published
+    assert res.breaker.name == published
+    assert otelres.default_registry().get(written) is res.breaker
+    assert all(SECRET not in e.breaker and SECRET not in repr(e) for e in events.events)
+
+
+@given(st.text(max_size=300))
+def test_any_name_gives_a_bounded_safe_name_or_a_config_error(written: str) -> None:
+    """Whatever a name holds, the published one is at most 200 characters without control
+    characters, or an empty one is refused with ConfigError."""
+    if not written.strip() or not safe_name(written):
+        return
+    name = otelres.default_registry().guard(written).name
+    assert len(name) <= 200
+    assert not any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
+def test_a_huge_name_stays_bounded_and_apart() -> None:
+    """Two 70 KB names share neither their breaker nor their length: 200 characters, distinct."""
+    first = otelres.default_registry().guard("x" * 70_000 + "1")
+    second = otelres.default_registry().guard("x" * 70_000 + "2")
+    assert len(first.name) == len(second.name) == 200
+    assert first.breaker is not second.breaker
+
+
+def refuse() -> None:
+    raise ConnectionRefusedError("refused")
