@@ -12,7 +12,8 @@ Like OpenTelemetry's instrumentors, it takes ``tracer_provider`` and
 instrumentations it turns on then use those instead of the global providers
 (and the SDK is not set up from ``OTEL_*`` for a signal given so). An
 instrumentor already on (``opentelemetry-instrument`` loads otelres's through
-their entry points) is left as it is, never instrumented twice.
+their entry points) is never instrumented twice; :func:`uninstrument` takes
+otelres's off all the same.
 """
 
 from __future__ import annotations
@@ -156,11 +157,12 @@ def instrument(
             _enable_opentelemetry(theirs, library, providers)
             # An instrumentor is a singleton: opentelemetry-instrument (through the
             # entry point) or the application may have turned this one on already,
-            # and instrumenting it again only logs OpenTelemetry's warning.
+            # and instrumenting it again only logs OpenTelemetry's warning. It is
+            # otelres's all the same: uninstrument() takes it off.
             if instrumentor.is_instrumented_by_opentelemetry:
                 _log.debug("otelres: %s already patched", library)
-                continue
-            instrumentor.instrument(skip_dep_check=True, **providers)
+            else:
+                instrumentor.instrument(skip_dep_check=True, **providers)
             _patched.append(instrumentor)
         _instrumented = True
 

@@ -228,7 +228,8 @@ def test_instrument_twice_warns_nothing(run_app: RunApp) -> None:
 
 def test_instrument_after_the_application_turned_an_instrumentor_on(run_app: RunApp) -> None:
     """An application that turned otelres's requests instrumentor and OpenTelemetry's on itself gets
-    no "already instrumented" warning from instrument(), and one wrapper on Session.request."""
+    no "already instrumented" warning from instrument(), one wrapper on Session.request, and
+    uninstrument() takes otelres's off."""
     source = """
     import requests
     from opentelemetry.instrumentation.requests import RequestsInstrumentor as OtelRequests
@@ -240,8 +241,10 @@ def test_instrument_after_the_application_turned_an_instrumentor_on(run_app: Run
     RequestsInstrumentor().instrument()
     otelres.instrument()
     inner = requests.Session.__dict__["request"].__wrapped__
-    print("RESULT " + '"' + type(inner).__name__ + '"')
+    otelres.uninstrument()
+    after = requests.Session.__dict__["request"]
+    print("RESULT " + json.dumps([type(inner).__name__, type(after).__name__]))
     """
-    proc = run_app(source, NO_EXPORT)
-    assert result(proc) == "function"
+    proc = run_app("import json\n" + textwrap.dedent(source), NO_EXPORT)
+    assert result(proc) == ["function", "function"]
     assert ALREADY not in proc.stderr, proc.stderr
