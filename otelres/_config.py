@@ -26,6 +26,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
+from ._names import safe_name
 from ._policy import BreakerPolicy, BudgetPolicy, HttpPolicy, RetryPolicy
 
 if sys.version_info >= (3, 11):
@@ -252,8 +253,11 @@ def _host_of(name: str) -> str | None:
 
 
 def _target_key(name: str) -> str:
-    """Host keys are case-insensitive; a full breaker name is kept as written."""
-    return name if "://" in name else name.lower()
+    """Host keys are case-insensitive; a full breaker name is made safe as the registry
+    makes every name (scheme and host in lower case, no user info), so that it matches
+    (``https://API.example.com:443`` configures ``https://api.example.com:443``).
+    """
+    return safe_name(name) if "://" in name else name.lower()
 
 
 def _layer_of_table(where: str, table: Mapping[str, Any], known: frozenset[str]) -> _Layer:
@@ -396,6 +400,10 @@ def _read_file(path: str) -> tuple[_Layer, dict[str, Mapping[str, Any]]]:
         raise ConfigError("OTELRES_CONFIG", path, f"a readable TOML file ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("OTELRES_CONFIG", path, f"valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "OTELRES_CONFIG", path, f"a TOML file in UTF-8 (byte {exc.start} is not: {exc.reason})"
+        ) from None
     targets = data.pop("targets", {})
     if not isinstance(targets, Mapping) or not all(isinstance(t, Mapping) for t in targets.values()):
         raise ConfigError(f"{path}: targets", targets, 'tables such as [targets."api.example.com".retry]')

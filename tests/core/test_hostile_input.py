@@ -4,6 +4,7 @@ result ever comes out (hypothesis explores the values)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,9 @@ import otelres
 from otelres._deadline import MAX_DEADLINE, time_left
 from otelres._names import safe_name
 from otelres.testing import capture_events
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.booleans()))
@@ -79,3 +83,21 @@ def test_a_huge_name_stays_bounded_and_apart() -> None:
 
 def refuse() -> None:
     raise ConnectionRefusedError("refused")
+
+
+def test_a_toml_file_not_in_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """OTELRES_CONFIG naming a Latin-1 file gives ConfigError naming the variable (no UnicodeDecodeError)."""
+    path = tmp_path / "otelres.toml"
+    path.write_bytes("[retry]\nattempts = 2 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(otelres.ConfigError, match=r"OTELRES_CONFIG.*UTF-8"):
+        otelres.load_settings(env={"OTELRES_CONFIG": str(path)})
+
+
+def test_toml_target_keys_match_whatever_their_case(tmp_path: Path) -> None:
+    """[targets."https://API.example.com:443"] configures the breaker https://api.example.com:443."""
+    path = tmp_path / "otelres.toml"
+    path.write_text('[targets."https://API.Example.com:443".retry]\nattempts = 5\n', encoding="utf-8")
+    settings = otelres.load_settings(env={"OTELRES_CONFIG": str(path)})
+    assert settings.for_target("https://api.example.com:443").retry.attempts == 5
+    guard = otelres.Registry(settings).guard("https://api.example.com:443")
+    assert guard.retry.attempts == 5
