@@ -2,14 +2,18 @@
 the application has not set up its own providers.
 
 The work is the SDK's own (``opentelemetry.sdk._configuration``: exporter
-entry points, ``_init_tracing``, ``_init_metrics``); otelres only decides which
-exporters the variables ask for, with two differences from a bare SDK set-up:
+entry points, ``_init_tracing``; the MeterProvider through the public API);
+otelres only decides which exporters the variables ask for, with three
+differences from a bare SDK set-up:
 
 - nothing is exported unless something asks for it: an exporter variable, or
   ``OTEL_EXPORTER_OTLP_ENDPOINT`` (which then means OTLP), so that no service
   starts sending OTLP to localhost by surprise;
 - ``otlp`` without a protocol means ``http/protobuf``, the specification's
-  default, so that the gRPC exporter is not needed.
+  default, so that the gRPC exporter is not needed;
+- the OpenTelemetry HTTP client instrumentations' duration histograms keep no
+  server address or port (:func:`http_client_views`): one series per host
+  called would grow without bound in a service that calls many hosts.
 
 An application's own providers are always kept.
 """
@@ -17,16 +21,23 @@ An application's own providers are always kept.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import metrics, trace
 
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Collection, Iterable, Mapping
 
-__all__ = ["configure_sdk", "exporter_names", "has_meter_provider", "has_tracer_provider"]
+__all__ = [
+    "HTTP_CLIENT_ATTRIBUTES",
+    "configure_sdk",
+    "exporter_names",
+    "has_meter_provider",
+    "has_tracer_provider",
+    "http_client_views",
+]
 
 Signal = Literal["traces", "metrics"]
 _PROTOCOLS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
@@ -95,7 +106,6 @@ def configure_sdk(
     # The SDK's own configuration code, imported only when there is work for it.
     from opentelemetry.sdk._configuration import (  # noqa: PLC0415
         _import_exporters,
-        _init_metrics,
         _init_tracing,
     )
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
@@ -112,5 +122,56 @@ def configure_sdk(
     if span_exporters:
         _init_tracing(exporters=span_exporters, resource=resource)
     if metric_exporters:
-        _init_metrics(exporters_or_readers=metric_exporters, resource=resource)
+        _install_meter_provider(metric_exporters.values(), resource)
     return {"traces": list(span_exporters), "metrics": list(metric_exporters)}
+
+
+#: The attributes the OpenTelemetry HTTP client instrumentations' duration histograms keep
+#: when otelres sets up the SDK: method, status, scheme, protocol and error type; never
+#: the server's address and port, which make one series per host called.
+HTTP_CLIENT_ATTRIBUTES = frozenset(
+    {
+        "http.request.method",
+        "http.response.status_code",
+        "error.type",
+        "network.protocol.version",
+        "url.scheme",
+        "http.method",
+        "http.status_code",
+        "http.scheme",
+        "http.flavor",
+    }
+)
+#: The HTTP client duration histograms, under the old and the stable semantic conventions.
+HTTP_CLIENT_INSTRUMENTS = ("http.client.duration", "http.client.request.duration")
+
+
+def http_client_views() -> list[Any]:
+    """SDK Views that bound the OpenTelemetry HTTP client instrumentations' metrics to
+    :data:`HTTP_CLIENT_ATTRIBUTES` (a service that calls 6,000 hosts would otherwise
+    export 6,000 series of each). otelres installs them when it sets the SDK up; an
+    application that makes its own MeterProvider passes them as ``views=``.
+    """
+    from opentelemetry.sdk.metrics.view import View  # noqa: PLC0415 - the SDK only when asked
+
+    return [
+        View(instrument_name=name, attribute_keys=set(HTTP_CLIENT_ATTRIBUTES))
+        for name in HTTP_CLIENT_INSTRUMENTS
+    ]
+
+
+def _install_meter_provider(exporters: Iterable[Any], resource: Any) -> None:
+    """A MeterProvider with a reader per exporter (a pull exporter is a reader itself)
+    and :func:`http_client_views`, set globally (the SDK's public API).
+    """
+    from opentelemetry import metrics as metrics_api  # noqa: PLC0415
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader  # noqa: PLC0415
+
+    readers = []
+    for exporter in exporters:
+        made = exporter() if isinstance(exporter, type) else exporter
+        readers.append(made if isinstance(made, MetricReader) else PeriodicExportingMetricReader(made))
+    metrics_api.set_meter_provider(
+        MeterProvider(resource=resource, metric_readers=readers, views=http_client_views())
+    )
