@@ -29,6 +29,15 @@ _SECRET_KEY = re.compile(
     r"pass|pwd|secret|token|key|auth|sig|credential|session|cookie|private", re.IGNORECASE
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A percent-escape (kept as written) or a run of anything else (lower-cased).
+_ESCAPE_OR_TEXT = re.compile(r"%[0-9A-Fa-f]{2}|[^%]+|%")
+
+
+def _lower_host(host: str) -> str:
+    """Lower case, but percent-escapes as written (a Unix socket's ``%2Fvar%2Frun``)."""
+    return _ESCAPE_OR_TEXT.sub(
+        lambda m: m.group(0) if m.group(0).startswith("%") else m.group(0).lower(), host
+    )
 
 
 def _without_userinfo(rest: str) -> str:
@@ -73,5 +82,5 @@ def safe_name(name: str) -> str:
     rest, qsep, query = rest.partition("?")
     host, slash, path = rest.partition("/")
     query = _without_secret_params(query) if qsep else ""
-    made = f"{scheme.lower()}://{host.lower()}{slash}{path}" + (f"?{query}" if query else "")
+    made = f"{scheme.lower()}://{_lower_host(host)}{slash}{path}" + (f"?{query}" if query else "")
     return _bounded(made)
