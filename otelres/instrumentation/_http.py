@@ -173,9 +173,11 @@ def _reason(exc: BaseException | None, response: Any) -> str:
     return "timeout" if is_timeout(exc) else "connect"
 
 
-#: How requests and httpx judge and retry an HTTP call: one profile for both
-#: libraries, whose predicates know both libraries' errors, so a destination's
-#: breaker judges a call the same way whoever made it.
+#: How requests and httpx judge and retry an HTTP call: predicates that know
+#: both libraries' errors, so a destination's breaker judges a call the same way
+#: whoever made it. Each library uses a copy whose rejection is its own error
+#: (:func:`~otelres.instrumentation._rejections.with_rejection`); the breaker of a
+#: destination stays one.
 HTTP = Profile(
     "http",
     failure_on=is_transport_error,
@@ -186,15 +188,16 @@ HTTP = Profile(
 
 
 def plan_request(
-    url: str, method: str, headers: Mapping[str, str] | None, replayable: bool
+    profile: Profile, url: str, method: str, headers: Mapping[str, str] | None, replayable: bool
 ) -> tuple[Guard, str | None] | None:
-    """The guard of a request's destination and why the request must not be
-    retried (None: it may be); None for a URL that is not HTTP(S).
+    """The guard of a request's destination for a caller of ``profile`` (a copy
+    of :data:`HTTP`) and why the request must not be retried (None: it may be);
+    None for a URL that is not HTTP(S).
     """
     name = breaker_name(url)
     if name is None:
         return None
-    guard = default_registry().guard(name, HTTP)
+    guard = default_registry().guard(name, profile)
     target = guard.target
     unsafe_ok = target is not None and target.http.retry_unsafe
     return guard, no_retry_reason(method, headers, replayable, unsafe_ok)

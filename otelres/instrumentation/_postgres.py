@@ -21,6 +21,10 @@
   or a missing database is an ``OperationalError`` like a refused connection
   (retried, counted); asyncpg's ``InvalidPasswordError`` and
   ``InvalidCatalogNameError`` are the caller's.
+- A call rejected by an open circuit raises the driver's own connection error
+  too (``psycopg.OperationalError``, ``psycopg2.OperationalError``, asyncpg's
+  ``ConnectionDoesNotExistError`` and ``ConnectionError``): each driver's guards
+  come from its :class:`Driver`.
 - A statement on a connection that is already closed passes straight through:
   the driver fails it without a word to the server (the one kind of error
   raised before a statement is sent that retrying on the same connection could
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import os
 import sys
@@ -40,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from otelres._registry import Profile, default_registry
+
+from ._rejections import with_rejection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -54,14 +61,13 @@ __all__ = [
     "STATEMENT",
     "SYSTEM",
     "Connections",
+    "Driver",
     "Subclasses",
     "breaker_name",
-    "connect_guard",
     "is_connection_error",
     "name_from_params",
     "name_from_url",
     "retry_reason",
-    "statement_guard",
 ]
 
 SYSTEM = "postgresql"
@@ -252,14 +258,29 @@ CONNECT = Profile("postgresql.connect", failure_on=is_connection_error, retry=_c
 STATEMENT = Profile("postgresql.statement", failure_on=is_connection_error, retry=_statement_retry)
 
 
-def connect_guard(name: str) -> Guard:
-    """What connection attempts to the database ``name`` go through."""
-    return default_registry().guard(name, CONNECT)
+@dataclasses.dataclass(frozen=True)
+class Driver:
+    """The guards of one driver's calls: :data:`CONNECT` and :data:`STATEMENT`,
+    whose rejections raise the driver's own error class (see
+    :mod:`otelres.instrumentation._rejections`); the breaker of a database is
+    one, whichever driver names it.
+    """
 
+    connect: Profile
+    statement: Profile
 
-def statement_guard(name: str) -> Guard:
-    """What statements on a connection to the database ``name`` go through."""
-    return default_registry().guard(name, STATEMENT)
+    @classmethod
+    def named(cls, library: str) -> Driver:
+        """The profiles of the driver ``library`` (``psycopg``, ``psycopg2``, ``asyncpg``)."""
+        return cls(with_rejection(CONNECT, library), with_rejection(STATEMENT, library))
+
+    def connect_guard(self, name: str) -> Guard:
+        """What connection attempts to the database ``name`` go through."""
+        return default_registry().guard(name, self.connect)
+
+    def statement_guard(self, name: str) -> Guard:
+        """What statements on a connection to the database ``name`` go through."""
+        return default_registry().guard(name, self.statement)
 
 
 class Connections:

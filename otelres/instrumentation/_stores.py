@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from otelres._registry import Profile
 
+from ._rejections import with_rejection
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -21,6 +23,7 @@ __all__ = ["store_profile"]
 def store_profile(
     kind: str,
     *,
+    library: str,
     is_failure: Callable[[BaseException], bool],
     is_retryable: Callable[[BaseException], bool],
     reason: Callable[[BaseException | None, object], str],
@@ -33,9 +36,11 @@ def store_profile(
     and ``reason`` labels them for telemetry (``connect``, ``timeout``,
     ``locked``). Two kinds of call of one integration (connects and statements,
     say) share the breaker and the retry budget of a name: the registry holds them.
+    A rejection raises ``library``'s own connection error too (see
+    :mod:`otelres.instrumentation._rejections`).
     """
 
     def retry(target: Target) -> dict[str, Any]:
         return {"retry_on": is_retryable, "reason": reason}
 
-    return Profile(kind, failure_on=is_failure, retry=retry)
+    return with_rejection(Profile(kind, failure_on=is_failure, retry=retry), library)

@@ -11,6 +11,13 @@ the class's own. OpenTelemetry's asyncpg instrumentation wraps those methods
 on ``Connection`` itself, below ours: a query's CLIENT span sits under
 otelres's call span whichever was installed first, and a query rejected by an
 open circuit makes no CLIENT span.
+
+A call rejected by an open circuit raises :data:`CircuitOpenError`, an
+:class:`otelres.CircuitOpenError` that is also asyncpg's
+``ConnectionDoesNotExistError`` (what a query on a connection the server
+dropped raises) and ``ConnectionError`` (an ``OSError``, what ``connect``
+raises when nothing listens): the application's ``except`` clauses for either
+catch it.
 """
 
 from __future__ import annotations
@@ -22,20 +29,35 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from ._common import Patches, acall_inside, passing_through, should_wrap
 from ._postgres import (
     Connections,
+    Driver,
     Subclasses,
-    connect_guard,
     name_from_params,
     name_from_url,
-    statement_guard,
 )
+from ._rejections import rejection_class
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
 
+    import otelres
+
 __all__ = ["AsyncpgInstrumentor"]
 
+#: The PostgreSQL guards; a rejection raises :data:`CircuitOpenError`.
+_DRIVER = Driver.named("asyncpg")
 _connections = Connections()
 _patches = Patches()
+
+
+def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
+    """``CircuitOpenError``: what an asyncpg call rejected by an open circuit raises,
+    an :class:`otelres.CircuitOpenError` that is also asyncpg's
+    ``ConnectionDoesNotExistError`` (a ``PostgresConnectionError``) and the
+    built-in ``ConnectionError`` (an ``OSError``, as a refused connect raises).
+    """
+    if name == "CircuitOpenError":
+        return rejection_class("asyncpg")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _name(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -73,7 +95,7 @@ async def _run(
     name = _connections.name(connection, _live_name)
     if name is None:
         return await method(*args, **kwargs)
-    return await acall_inside(statement_guard(name), None, method, args, kwargs)
+    return await acall_inside(_DRIVER.statement_guard(name), None, method, args, kwargs)
 
 
 class _Connection:
@@ -125,7 +147,7 @@ async def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: d
     chosen = kwargs.get("connection_class", Connection)
     if isinstance(chosen, type) and issubclass(chosen, Connection):
         kwargs = {**kwargs, "connection_class": _classes.get(chosen) or chosen}
-    connection = await acall_inside(connect_guard(name), None, wrapped, args, kwargs)
+    connection = await acall_inside(_DRIVER.connect_guard(name), None, wrapped, args, kwargs)
     _connections.remember(connection, name)
     return connection
 

@@ -6,6 +6,11 @@ makes its CLIENT span; httpcore's connection pool, below that span, is where
 retries are marked with ``http.request.resend_count``. A request whose body is
 a stream (a generator, a file) is not replayable and is never retried.
 
+A call rejected by an open circuit raises :data:`CircuitOpenError`, an
+:class:`otelres.CircuitOpenError` that is also ``httpx.ConnectError`` (with
+its ``request``): ``except httpx.TransportError`` catches it as it catches an
+unreachable server.
+
 Under a request deadline (:func:`otelres.deadline`), each attempt's timeouts
 (``request.extensions["timeout"]``: connect, read, write, pool) are shrunk to
 the time left, and a call with no time left is not made: it raises
@@ -21,14 +26,28 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otelres._deadline import time_left
 
 from ._common import Patches, acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import DEADLINE_EXCEEDED, cap_timeout, plan_request
+from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, plan_request
+from ._rejections import rejection_class, with_rejection
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
+    import otelres
+
 __all__ = ["HttpxInstrumentor"]
 
+#: HTTP's profile; a rejection raises :data:`CircuitOpenError`.
+_PROFILE = with_rejection(HTTP, "httpx")
 _patches = Patches()
+
+
+def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
+    """``CircuitOpenError``: what an httpx call rejected by an open circuit raises,
+    an :class:`otelres.CircuitOpenError` that is also ``httpx.ConnectError``.
+    """
+    if name == "CircuitOpenError":
+        return rejection_class("httpx")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | None] | None:
@@ -41,11 +60,16 @@ def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | Non
     if not isinstance(request, httpx.Request):
         return None
     replayable = isinstance(request.stream, httpx.ByteStream)
-    return plan_request(str(request.url), request.method, request.headers, replayable)
+    return plan_request(_PROFILE, str(request.url), request.method, request.headers, replayable)
 
 
 def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs.get("request")
+
+
+def _carry_request(rejected: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Give a rejection the request it rejected, as httpx's own ``ConnectError`` has it."""
+    rejected.request = _request_of(args, kwargs)
 
 
 def _deadline_exceeded(request: Any) -> Exception:
@@ -90,6 +114,16 @@ def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     plan = _plan(args, kwargs)
     if plan is None:
         return wrapped(*args, **kwargs)
+    try:
+        return _guarded_send(plan, wrapped, instance, args, kwargs)
+    except rejection_class("httpx") as rejected:
+        _carry_request(rejected, args, kwargs)
+        raise
+
+
+def _guarded_send(
+    plan: tuple[Any, str | None], wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     left = time_left()
     if left is None:
         return call_inside(*plan, wrapped, args, kwargs)
@@ -113,6 +147,16 @@ async def _asend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dic
     plan = _plan(args, kwargs)
     if plan is None:
         return await wrapped(*args, **kwargs)
+    try:
+        return await _aguarded_send(plan, wrapped, instance, args, kwargs)
+    except rejection_class("httpx") as rejected:
+        _carry_request(rejected, args, kwargs)
+        raise
+
+
+async def _aguarded_send(
+    plan: tuple[Any, str | None], wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     left = time_left()
     if left is None:
         return await acall_inside(*plan, wrapped, args, kwargs)

@@ -10,6 +10,10 @@ cursor of OpenTelemetry's psycopg instrumentation). Their methods run first, so
 a statement's CLIENT span sits under otelres's call span whichever
 instrumentation was installed first, and a statement rejected by an open
 circuit makes no CLIENT span.
+
+A call rejected by an open circuit raises :data:`CircuitOpenError`, an
+:class:`otelres.CircuitOpenError` that is also ``psycopg.OperationalError``: the
+application's ``except`` clauses for an unreachable server catch it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from ._common import Patches, acall_inside, call_inside, should_wrap
-from ._postgres import Connections, Subclasses, connect_guard, name_from_params, statement_guard
+from ._postgres import Connections, Driver, Subclasses, name_from_params
+from ._rejections import rejection_class
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
+
+    import otelres
 
 __all__ = ["PsycopgInstrumentor"]
 
@@ -31,8 +38,19 @@ _CONNECT_OPTIONS = frozenset(
     {"conninfo", "autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
 )
 
+#: The PostgreSQL guards; a rejection raises :data:`CircuitOpenError`.
+_DRIVER = Driver.named("psycopg")
 _connections = Connections()
 _patches = Patches()
+
+
+def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
+    """``CircuitOpenError``: what a psycopg call rejected by an open circuit raises,
+    an :class:`otelres.CircuitOpenError` that is also ``psycopg.OperationalError``.
+    """
+    if name == "CircuitOpenError":
+        return rejection_class("psycopg")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _name(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -71,7 +89,7 @@ class _Cursor:
         name = _statement_name(self)
         if name is None:
             return method(*args, **kwargs)
-        return call_inside(statement_guard(name), None, method, args, kwargs)
+        return call_inside(_DRIVER.statement_guard(name), None, method, args, kwargs)
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement through the database's breaker."""
@@ -93,7 +111,7 @@ class _AsyncCursor:
         name = _statement_name(self)
         if name is None:
             return await method(*args, **kwargs)
-        return await acall_inside(statement_guard(name), None, method, args, kwargs)
+        return await acall_inside(_DRIVER.statement_guard(name), None, method, args, kwargs)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement through the database's breaker."""
@@ -123,7 +141,7 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     name = _name(args, kwargs) if should_wrap() else None
     if name is None:
         return wrapped(*args, **kwargs)
-    connection = call_inside(connect_guard(name), None, wrapped, args, kwargs)
+    connection = call_inside(_DRIVER.connect_guard(name), None, wrapped, args, kwargs)
     _adopt(connection, name, _cursors)
     return connection
 
@@ -132,7 +150,7 @@ async def _aconnect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
     name = _name(args, kwargs) if should_wrap() else None
     if name is None:
         return await wrapped(*args, **kwargs)
-    connection = await acall_inside(connect_guard(name), None, wrapped, args, kwargs)
+    connection = await acall_inside(_DRIVER.connect_guard(name), None, wrapped, args, kwargs)
     _adopt(connection, name, _async_cursors)
     return connection
 

@@ -18,6 +18,10 @@ gets its CLIENT span, and either can be removed first.
 
 Asynchronous connections (``async_=True``) are passed through: their work
 happens in ``poll()``, outside any call that could be retried or timed.
+
+A call rejected by an open circuit raises :data:`CircuitOpenError`, an
+:class:`otelres.CircuitOpenError` that is also ``psycopg2.OperationalError``: the
+application's ``except`` clauses for an unreachable server catch it.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from ._common import Patches, call_inside, should_wrap
-from ._postgres import Connections, Subclasses, connect_guard, name_from_params, statement_guard
+from ._postgres import Connections, Driver, Subclasses, name_from_params
+from ._rejections import rejection_class
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
+
+    import otelres
 
 __all__ = ["Psycopg2Instrumentor"]
 
@@ -38,8 +45,19 @@ _CONNECT_ARGS = ("dsn", "connection_factory", "cursor_factory")
 _CURSOR_ARGS = ("name", "cursor_factory", "withhold", "scrollable")
 _NOT_PARAMS = frozenset({*_CONNECT_ARGS, "async", "async_"})
 
+#: The PostgreSQL guards; a rejection raises :data:`CircuitOpenError`.
+_DRIVER = Driver.named("psycopg2")
 _connections = Connections()
 _patches = Patches()
+
+
+def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
+    """``CircuitOpenError``: what a psycopg2 call rejected by an open circuit raises,
+    an :class:`otelres.CircuitOpenError` that is also ``psycopg2.OperationalError``.
+    """
+    if name == "CircuitOpenError":
+        return rejection_class("psycopg2")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _name(params: dict[str, Any]) -> str | None:
@@ -67,7 +85,7 @@ def _run(cursor: Any, method: Callable[..., Any], args: tuple[Any, ...], kwargs:
     name = None if connection.closed else _connections.name(connection, _live_name)
     if name is None:
         return method(*args, **kwargs)
-    return call_inside(statement_guard(name), None, method, args, kwargs)
+    return call_inside(_DRIVER.statement_guard(name), None, method, args, kwargs)
 
 
 class _Cursor:
@@ -145,7 +163,7 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     if name is None:
         return wrapped(*args, **kwargs)
     params["connection_factory"] = _connection_class(params.get("connection_factory"))
-    connection = call_inside(connect_guard(name), None, wrapped, (), params)
+    connection = call_inside(_DRIVER.connect_guard(name), None, wrapped, (), params)
     _connections.remember(connection, name)
     return connection
 

@@ -19,6 +19,10 @@
   ``not_replayable``, or ``not_idempotent`` when it holds a write). The
   commands a pipeline sends at once while it WATCHes keys, and Pub/Sub, pass
   through; ``RedisCluster`` is not patched.
+- A call rejected by an open circuit raises :data:`CircuitOpenError`, an
+  :class:`otelres.CircuitOpenError` that is also
+  ``redis.exceptions.ConnectionError`` (sync and asyncio alike): the
+  application's ``except redis.ConnectionError`` catches it.
 
 redis-py has a retry loop of its own (``Retry``: since redis-py 6 a client
 retries connection errors and timeouts by default, up to 10 times in redis-py
@@ -50,10 +54,13 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otelres._registry import default_registry
 
 from ._common import Patches, acall_inside, call_inside, ensure_telemetry, should_wrap
+from ._rejections import rejection_class
 from ._stores import store_profile
 
 if TYPE_CHECKING:
     from collections.abc import Collection
+
+    import otelres
 
     #: The Resilience of a call's server, why it must not be retried, and whether
     #: redis-py's retry loop makes one attempt.
@@ -139,8 +146,20 @@ def _reason(exc: BaseException | None, result: object) -> str:
     return "timeout" if isinstance(exc, _error_classes()["timeout"]) else "connect"
 
 
-_PROFILE = store_profile("redis", is_failure=_is_failure, is_retryable=_is_retryable, reason=_reason)
+#: A rejection raises :data:`CircuitOpenError`.
+_PROFILE = store_profile(
+    "redis", library="redis", is_failure=_is_failure, is_retryable=_is_retryable, reason=_reason
+)
 _patches = Patches()
+
+
+def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
+    """``CircuitOpenError``: what a redis-py call rejected by an open circuit raises,
+    an :class:`otelres.CircuitOpenError` that is also ``redis.exceptions.ConnectionError``.
+    """
+    if name == "CircuitOpenError":
+        return rejection_class("redis")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def breaker_name(pool: Any) -> str:

@@ -6,6 +6,11 @@ CLIENT span under the call's INTERNAL span, whichever was installed first; a
 wrapper on ``HTTPAdapter.send`` (below that span) marks the retries with
 ``http.request.resend_count``.
 
+A call rejected by an open circuit raises :data:`CircuitOpenError`, an
+:class:`otelres.CircuitOpenError` that is also
+``requests.exceptions.ConnectionError``: ``except requests.RequestException``
+catches it as it catches an unreachable server.
+
 Under a request deadline (:func:`otelres.deadline`), each attempt's ``timeout``
 is shrunk to the time left, and a call with no time left is not made: it raises
 ``requests.exceptions.Timeout``.
@@ -14,18 +19,33 @@ is shrunk to the time left, and a call with no time left is not made: it raises
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from otelres._deadline import time_left
 
 from ._common import Patches, call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import DEADLINE_EXCEEDED, cap_timeout, plan_request
+from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, plan_request
+from ._rejections import rejection_class, with_rejection
+
+if TYPE_CHECKING:
+    import otelres
 
 __all__ = ["RequestsInstrumentor"]
 
+#: HTTP's profile; a rejection raises :data:`CircuitOpenError`.
+_PROFILE = with_rejection(HTTP, "requests")
 _patches = Patches()
+
+
+def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
+    """``CircuitOpenError``: what a requests call rejected by an open circuit raises,
+    an :class:`otelres.CircuitOpenError` that is also ``requests.exceptions.ConnectionError``.
+    """
+    if name == "CircuitOpenError":
+        return rejection_class("requests")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _replayable(kwargs: Mapping[str, Any]) -> bool:
@@ -87,7 +107,8 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     named = dict(zip(("method", "url", "params", "data", "headers"), args, strict=False)) | kwargs
     # The session's headers count too: requests merges them in later, when it prepares the request.
     headers = {**(getattr(instance, "headers", None) or {}), **(named.get("headers") or {})}
-    plan = plan_request(str(named.get("url", "")), str(named.get("method", "")), headers, _replayable(named))
+    method, url = str(named.get("method", "")), str(named.get("url", ""))
+    plan = plan_request(_PROFILE, url, method, headers, _replayable(named))
     if plan is None:
         return wrapped(*args, **kwargs)
     left = time_left()

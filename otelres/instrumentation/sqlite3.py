@@ -23,6 +23,9 @@ is sqlite3's own.
   open either). ``executescript`` is never retried (a script may have run in
   part), nor ``executemany`` in autocommit mode or over an iterator
   (``not_idempotent``, ``not_replayable``).
+- A call rejected by an open circuit raises :data:`CircuitOpenError`, an
+  :class:`otelres.CircuitOpenError` that is also ``sqlite3.OperationalError``:
+  the application's ``except sqlite3.OperationalError`` catches it.
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ from wrapt import ObjectProxy
 from otelres._registry import default_registry
 
 from ._common import Patches, call_inside, ensure_telemetry, should_wrap
+from ._rejections import rejection_class
 from ._stores import store_profile
 
 __all__ = ["Sqlite3Instrumentor", "breaker_name"]
 
 if TYPE_CHECKING:
+    import otelres
+
     _Proxy = ObjectProxy[Any]
 else:  # wrapt 1 proxies are not generic at run time
     _Proxy = ObjectProxy
@@ -99,17 +105,28 @@ def _reason(exc: BaseException | None, result: object) -> str:
 
 _CONNECT = store_profile(
     "sqlite.connect",
+    library="sqlite3",
     is_failure=_is_failure,
     is_retryable=lambda exc: _code(exc) in _CONNECT_RETRIES,
     reason=_reason,
 )
 _STATEMENT = store_profile(
     "sqlite.statement",
+    library="sqlite3",
     is_failure=_is_failure,
     is_retryable=lambda exc: _code(exc) in _STATEMENT_RETRIES,
     reason=_reason,
 )
 _patches = Patches()
+
+
+def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
+    """``CircuitOpenError``: what a sqlite3 call rejected by an open circuit raises,
+    an :class:`otelres.CircuitOpenError` that is also ``sqlite3.OperationalError``.
+    """
+    if name == "CircuitOpenError":
+        return rejection_class("sqlite3")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def breaker_name(database: object, uri: bool = False) -> str:

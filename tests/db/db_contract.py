@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import pickle
 import sys
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -65,6 +66,19 @@ def stats(name: str) -> BreakerStats:
     return found.stats()
 
 
+def check_rejection(error: BaseException, breaker: str, module: str) -> None:
+    """``error`` is a rejection by ``breaker``, of the class named ``CircuitOpenError`` in
+    ``module``, whose figures, message and pickled copy are CircuitOpenError's.
+    """
+    assert isinstance(error, otelres.CircuitOpenError)
+    assert (type(error).__module__, type(error).__qualname__) == (module, "CircuitOpenError")
+    assert error.args == (breaker, error.retry_after)
+    assert error.breaker == breaker
+    assert str(error) == f"circuit {breaker!r} is open; next probe in {error.retry_after:.3f} s"
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert (type(copy), copy.args, str(copy)) == (type(error), error.args, str(error))
+
+
 def ours_in_chain(owner: object, attr: str) -> int:
     """How many otelres wrappers sit in the wrapt chain of ``owner.attr``."""
     count = 0
@@ -82,6 +96,11 @@ class DbContract(abc.ABC):
 
     #: What the driver raises when it cannot connect, or its connection broke.
     connection_errors: ClassVar[tuple[type[BaseException], ...]]
+    #: What a rejection by an open circuit is too: the driver's errors for a lost server,
+    #: the first the one an application is most likely to catch.
+    rejected_as: ClassVar[tuple[type[BaseException], ...]]
+    #: The otelres module of the integration (its ``CircuitOpenError``).
+    integration: ClassVar[str]
     #: What the driver raises for ``1/0`` in SQL and for a duplicate primary key.
     division_by_zero: ClassVar[type[BaseException]]
     unique_violation: ClassVar[type[BaseException]]
@@ -289,6 +308,29 @@ class DbContract(abc.ABC):
         assert pg.query(f"SELECT count(*) FROM {self.table}") == [(0,)]
         self.execute(conn, f"INSERT INTO {self.table} VALUES (2)")  # closed again: on it goes
         assert pg.query(f"SELECT id FROM {self.table}") == [(2,)]
+
+    def test_rejection_is_the_drivers_connection_error(self, pg: Pg, instrument: Callable[..., None]) -> None:
+        """With the circuit open, the driver's own except clauses catch rejected statements and connects."""
+        instrument()
+        conn = self.connect(pg.dsn())
+        self.execute(conn, f"CREATE TABLE {self.table} (id int PRIMARY KEY)")
+
+        def insert() -> str:
+            try:
+                self.execute(conn, f"INSERT INTO {self.table} VALUES (1)")
+            except self.rejected_as[0]:
+                return "queued"
+            return "written"
+
+        with forced_state(pg.name, State.FORCED_OPEN), capture_events() as events:
+            assert insert() == "queued"
+            for error_class in self.rejected_as:
+                with pytest.raises(error_class) as caught:
+                    self.connect(pg.dsn())
+                check_rejection(caught.value, pg.name, self.integration)
+        calls = [(e.fields["outcome"], e.fields["attempts"]) for e in events.of("call")]
+        assert calls == [("rejected", 0)] * (1 + len(self.rejected_as))  # not one attempt was made
+        assert pg.query(f"SELECT count(*) FROM {self.table}") == [(0,)]
 
     def test_outage_opens_fails_fast_then_recovers(self, pg: Pg, instrument: Callable[..., None]) -> None:
         """Outage: failures open the breaker, which rejects without connecting, then one probe closes it."""

@@ -16,6 +16,14 @@ class TestAsyncpg(AsyncRunner, DbContract):
     """asyncpg: the contract."""
 
     connection_errors = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+    # A query on a connection the server dropped raises ConnectionDoesNotExistError (a
+    # PostgresConnectionError); a connect nobody answers raises an OSError: a rejection is both.
+    rejected_as = (
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        ConnectionError,
+    )
+    integration = "otelres.instrumentation.asyncpg"
     division_by_zero = asyncpg.DivisionByZeroError
     unique_violation = asyncpg.UniqueViolationError
 

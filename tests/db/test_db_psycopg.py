@@ -14,6 +14,8 @@ from otelres.instrumentation.psycopg import PsycopgInstrumentor
 
 class PsycopgDriver(DbContract):
     connection_errors = (psycopg.OperationalError,)
+    rejected_as = (psycopg.OperationalError,)
+    integration = "otelres.instrumentation.psycopg"
     division_by_zero = psycopg.errors.DivisionByZero
     unique_violation = psycopg.errors.UniqueViolation
 

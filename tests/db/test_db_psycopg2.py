@@ -16,6 +16,8 @@ class TestPsycopg2(DbContract):
     """psycopg2: the contract."""
 
     connection_errors = (psycopg2.OperationalError, psycopg2.InterfaceError)
+    rejected_as = (psycopg2.OperationalError,)
+    integration = "otelres.instrumentation.psycopg2"
     division_by_zero = psycopg2.errors.DivisionByZero
     unique_violation = psycopg2.errors.UniqueViolation
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import email.utils
+import pickle
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -76,11 +77,28 @@ def reasons(events: CapturedEvents, kind: str = "retry") -> list[object]:
     return [event.fields["reason"] for event in events.of(kind)]
 
 
+def check_rejection(error: BaseException, breaker: str, module: str) -> None:
+    """``error`` is a rejection by ``breaker``, of the class named ``CircuitOpenError`` in
+    ``module``, whose figures, message and pickled copy are CircuitOpenError's.
+    """
+    assert isinstance(error, otelres.CircuitOpenError)
+    assert (type(error).__module__, type(error).__qualname__) == (module, "CircuitOpenError")
+    assert error.args == (breaker, error.retry_after)
+    assert error.breaker == breaker
+    assert str(error) == f"circuit {breaker!r} is open; next probe in {error.retry_after:.3f} s"
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert (type(copy), copy.args, str(copy)) == (type(error), error.args, str(error))
+
+
 class HttpClientContract(abc.ABC):
     """The behaviours; a subclass says how its client sends a request."""
 
     #: The exception the client raises for connection errors and timeouts.
     transport_error: ClassVar[type[BaseException]]
+    #: The client's own error for a server it could not connect to.
+    connect_error: ClassVar[type[BaseException]]
+    #: The otelres module of the integration (its ``CircuitOpenError``).
+    integration: ClassVar[str]
 
     @abc.abstractmethod
     def send(
@@ -423,6 +441,28 @@ class HttpClientContract(abc.ABC):
         with pytest.raises(otelres.CircuitOpenError) as caught:
             self.get(server.url + "/again")
         assert caught.value.breaker == server.breaker
+        assert caught.value.retry_after > 0
+        assert server.count() == 3
+
+    def test_rejection_is_the_clients_connection_error(
+        self, server: FlakyServer, instrument: Callable[..., None]
+    ) -> None:
+        """With the circuit open, the client's own except clause answers from a cache; no request is sent."""
+        instrument(breaker_consecutive_failures=3)
+        server.script(503, 503, 503)
+        assert self.get(server.url).status == 503
+
+        def price() -> str:
+            try:
+                self.get(server.url + "/price")
+            except self.transport_error:
+                return "cached"
+            return "fresh"
+
+        assert price() == "cached"
+        with pytest.raises(self.connect_error) as caught:
+            self.get(server.url + "/price")
+        check_rejection(caught.value, server.breaker, self.integration)
         assert caught.value.retry_after > 0
         assert server.count() == 3
 

@@ -11,13 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
+import pytest
 from http_contract import CHUNKS, GENERATOR, Body, HttpClientContract, Reply
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
+import otelres
+from otelres import State
 from otelres.instrumentation.httpx import HttpxInstrumentor
+from otelres.testing import forced_state
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+
+    from flaky_server import FlakyServer
 
 #: How long an async response closed in the background may take to report closed.
 CLOSE_WITHIN = 2.0
@@ -30,8 +36,12 @@ PATCHED = [
 ]
 
 
-class _Httpx:
+class _Httpx(HttpClientContract):
+    """What the sync and async httpx clients share."""
+
     transport_error = httpx.TransportError
+    connect_error = httpx.ConnectError
+    integration = "otelres.instrumentation.httpx"
 
     def otelres_instrumentor(self) -> HttpxInstrumentor:
         return HttpxInstrumentor()
@@ -39,8 +49,19 @@ class _Httpx:
     def opentelemetry_instrumentor(self) -> HTTPXClientInstrumentor:
         return HTTPXClientInstrumentor()
 
+    def test_rejection_carries_its_request(
+        self, server: FlakyServer, instrument: Callable[..., None]
+    ) -> None:
+        """A rejection, like httpx's own ConnectError, has the request it stopped as ``request``."""
+        instrument()
+        with forced_state(server.breaker, State.FORCED_OPEN), pytest.raises(httpx.ConnectError) as caught:
+            self.get(server.url + "/price?id=7")
+        assert isinstance(caught.value, otelres.CircuitOpenError)
+        assert str(caught.value.request.url) == server.url + "/price?id=7"
+        assert server.count() == 0
 
-class TestHttpxSync(_Httpx, HttpClientContract):
+
+class TestHttpxSync(_Httpx):
     """httpx.Client: the contract."""
 
     def send(
@@ -95,7 +116,7 @@ async def _released(response: httpx.Response) -> bool:
     return response.is_closed
 
 
-class TestHttpxAsync(_Httpx, HttpClientContract):
+class TestHttpxAsync(_Httpx):
     """httpx.AsyncClient: the contract."""
 
     def send(

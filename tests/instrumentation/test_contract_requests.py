@@ -29,6 +29,8 @@ class TestRequests(HttpClientContract):
     """requests: the contract."""
 
     transport_error = requests.RequestException
+    connect_error = requests.exceptions.ConnectionError
+    integration = "otelres.instrumentation.requests"
 
     def send(
         self,

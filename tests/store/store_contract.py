@@ -10,6 +10,7 @@ asyncio store runs each of them on its own event loop.
 from __future__ import annotations
 
 import abc
+import pickle
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from opentelemetry.trace import SpanKind
 
 import otelres
 from otelres import CircuitOpenError, State, default_registry
-from otelres.testing import capture_events
+from otelres.testing import capture_events, forced_state
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,6 +46,19 @@ def call_and_attempts(
     return calls[0], clients
 
 
+def check_rejection(error: BaseException, breaker: str, module: str) -> None:
+    """``error`` is a rejection by ``breaker``, of the class named ``CircuitOpenError`` in
+    ``module``, whose figures, message and pickled copy are CircuitOpenError's.
+    """
+    assert isinstance(error, CircuitOpenError)
+    assert (type(error).__module__, type(error).__qualname__) == (module, "CircuitOpenError")
+    assert error.args == (breaker, error.retry_after)
+    assert error.breaker == breaker
+    assert str(error) == f"circuit {breaker!r} is open; next probe in {error.retry_after:.3f} s"
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert (type(copy), copy.args, str(copy)) == (type(error), error.args, str(error))
+
+
 class Store(abc.ABC):
     """One library's client, set up against a real store, seen through the contract."""
 
@@ -56,8 +70,10 @@ class Store(abc.ABC):
     unsafe_reason: str
     #: How many times the failed :meth:`unsafe_write` was applied by the server (0 or 1).
     unsafe_applied: int
-    #: What a call raises while the store is down.
+    #: What a call raises while the store is down (a rejection by an open circuit too).
     outage_error: type[BaseException]
+    #: The otelres module of the integration (its ``CircuitOpenError``).
+    integration: str
     #: What :meth:`caller_error` raises.
     caller_error_type: type[BaseException]
 
@@ -190,6 +206,30 @@ class StoreContract:
             store.read()
         assert events.of("retry") == []
         assert [e.fields["attempts"] for e in events.of("call")] == [1]
+
+    def test_rejection_is_the_librarys_connection_error(
+        self, instrument: Callable[..., None], store: Store
+    ) -> None:
+        """With the circuit open, the library's own except clause answers from a cache; nothing connects."""
+        instrument()
+        store.write()
+
+        def read_or_cached() -> int:
+            try:
+                return store.read()
+            except store.outage_error:
+                return -1
+
+        connects = store.connects()
+        with forced_state(store.name, State.FORCED_OPEN), capture_events() as events:
+            assert read_or_cached() == -1
+            with pytest.raises(store.outage_error) as caught:
+                store.log(7)  # sqlite3: a connect, rejected as well
+        check_rejection(caught.value, store.name, store.integration)
+        calls = [(e.fields["outcome"], e.fields["attempts"]) for e in events.of("call")]
+        assert calls == [("rejected", 0)] * 2  # not one attempt was made
+        assert store.connects() == connects
+        assert store.logged() == []
 
     def test_outage_opens_fails_fast_and_recovers(
         self, instrument: Callable[..., None], store: Store, fake_clock: FakeClock

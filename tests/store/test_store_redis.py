@@ -34,6 +34,7 @@ class RedisStore(Store):
     unsafe_reason = "not_idempotent"
     unsafe_applied = 1
     outage_error = redis.ConnectionError
+    integration = "otelres.instrumentation.redis"
     caller_error_type = redis.ResponseError
 
     def __init__(self, server: RedisServer, proxy: FlakyProxy) -> None:

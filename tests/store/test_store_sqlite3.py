@@ -56,6 +56,7 @@ class SqliteStore(Store):
     unsafe_reason = "in_transaction"
     unsafe_applied = 0
     outage_error = sqlite3.OperationalError
+    integration = "otelres.instrumentation.sqlite3"
     caller_error_type = sqlite3.IntegrityError
 
     def __init__(self, tmp_path: Path) -> None:
