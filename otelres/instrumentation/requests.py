@@ -11,6 +11,12 @@ A call rejected by an open circuit raises :data:`CircuitOpenError`, an
 ``requests.exceptions.ConnectionError``: ``except requests.RequestException``
 catches it as it catches an unreachable server.
 
+Not retried: a POST or PATCH without an ``Idempotency-Key`` (a ``None`` value
+removes a session's key, as requests does), and a body that a first attempt
+consumes: a generator or a file as ``data``, a form one of whose values is not
+plain (str, bytes, a number, None, or a list or tuple of them), or a file
+object in ``files``.
+
 Under a request deadline (:func:`otelres.deadline`), each attempt's ``timeout``
 is shrunk to the time left, and a call with no time left is not made: it raises
 ``requests.exceptions.Timeout``.
@@ -48,10 +54,39 @@ def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: Form values requests encodes the same way on every attempt.
+_PLAIN = (str, bytes, int, float, type(None))
+
+
+def _plain(value: object) -> bool:
+    """A form value that a second encoding reads the same: a plain value, or a
+    list or tuple of them (requests encodes each). Anything else iterable (a
+    generator, a file, an ``io.StringIO``) is read to its end by the first attempt.
+    """
+    if isinstance(value, _PLAIN):
+        return True
+    return isinstance(value, (list, tuple)) and all(isinstance(item, _PLAIN) for item in value)
+
+
+def _replayable_data(data: object) -> bool:
+    """Bytes and text, and forms (a mapping, or a list or tuple of pairs) whose
+    every value is plain; a generator or a file is a stream, read once.
+    """
+    if isinstance(data, _PLAIN):
+        return True
+    if isinstance(data, Mapping):
+        return all(_plain(value) for value in data.values())
+    if isinstance(data, (list, tuple)):
+        return all(isinstance(pair, (list, tuple)) and len(pair) == 2 and _plain(pair[1]) for pair in data)
+    return False
+
+
 def _replayable(kwargs: Mapping[str, Any]) -> bool:
-    """Bytes, text, forms and JSON can be sent again; generators and files cannot."""
-    data = kwargs.get("data")
-    if data is not None and not isinstance(data, (bytes, str, dict, list, tuple)):
+    """Whether every attempt sends the whole body: all of ``data`` is plain (see
+    :func:`_replayable_data`) and every file's content is bytes or text; ``json``
+    is encoded afresh by each attempt.
+    """
+    if not _replayable_data(kwargs.get("data")):
         return False
     files = kwargs.get("files")
     if files:
@@ -62,6 +97,18 @@ def _replayable(kwargs: Mapping[str, Any]) -> bool:
             if not isinstance(content, (bytes, str)):
                 return False
     return True
+
+
+def _sent_headers(*sources: Mapping[Any, Any] | None) -> dict[str, Any]:
+    """The headers requests sends: the session's, then the request's, merged with
+    names in any case; a None value removes the name (requests' ``merge_setting``),
+    so ``headers={"Idempotency-Key": None}`` drops a session's key.
+    """
+    merged: dict[str, Any] = {}
+    for source in sources:
+        for name, value in (source or {}).items():
+            merged[(name.decode("latin-1") if isinstance(name, bytes) else str(name)).lower()] = value
+    return {name: value for name, value in merged.items() if value is not None}
 
 
 #: The position of ``timeout`` among ``Session.request``'s arguments (after ``self``).
@@ -106,7 +153,7 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         return wrapped(*args, **kwargs)
     named = dict(zip(("method", "url", "params", "data", "headers"), args, strict=False)) | kwargs
     # The session's headers count too: requests merges them in later, when it prepares the request.
-    headers = {**(getattr(instance, "headers", None) or {}), **(named.get("headers") or {})}
+    headers = _sent_headers(getattr(instance, "headers", None), named.get("headers"))
     method, url = str(named.get("method", "")), str(named.get("url", ""))
     plan = plan_request(_PROFILE, url, method, headers, _replayable(named))
     if plan is None:
