@@ -19,7 +19,33 @@ from ._errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["MAX_DEADLINE", "current_deadline", "deadline", "time_left"]
+__all__ = [
+    "MAX_DEADLINE",
+    "caused_by_caller_deadline",
+    "current_deadline",
+    "deadline",
+    "mark_caller_deadline",
+    "time_left",
+]
+
+#: What a timeout carries when the caller's deadline, not the attempt's own timeout, cut it short.
+_CALLER_DEADLINE = "__otelres_caller_deadline__"
+
+
+def mark_caller_deadline(exc: BaseException) -> None:
+    """Say that ``exc`` (a timeout) came from a deadline shorter than the attempt's own
+    timeout: the caller's doing (a request header, a handler's budget), not the
+    dependency's. Breakers count it neither way, so a caller sending tiny deadlines
+    cannot open a circuit to a healthy dependency for everyone else.
+    """
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(exc, _CALLER_DEADLINE, True)
+
+
+def caused_by_caller_deadline(exc: BaseException) -> bool:
+    """Whether :func:`mark_caller_deadline` marked ``exc``."""
+    return getattr(exc, _CALLER_DEADLINE, False) is True
+
 
 #: The longest deadline there is: a day. A longer one bounds nothing, and a client
 #: library handed a timeout near 1e308 fails deep inside (an OverflowError from a socket).

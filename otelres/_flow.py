@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from . import _events
 from ._backoff import backoff_delay
 from ._breaker import REJECTED, CircuitBreaker, State, settle
-from ._deadline import _DEADLINE
+from ._deadline import _DEADLINE, caused_by_caller_deadline
 from ._degrade import note_degraded
 from ._errors import CircuitOpenError, ConfigError, RetryError
 from ._fallback import MISSING, Fallback
@@ -482,6 +482,10 @@ class Flow:
             self.outcome = "failure"
             return RERAISE
         guard = self.guard
+        if caused_by_caller_deadline(exc):
+            # The call failed, for the caller (its deadline ran out: a fallback may answer),
+            # though the breaker counted it neither way; the suppressed retry says "deadline".
+            failed = True
         if not failed and not (isinstance(exc, CircuitOpenError) and guard.fallback is not None):
             # The dependency answered; the error is the caller's own (a bad
             # argument, a 404): no fallback hides it, and it does not count as a

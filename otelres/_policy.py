@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, Union
 
 from ._backoff import JITTER_MODES, Jitter
+from ._deadline import caused_by_caller_deadline
 from ._dependency import is_dependency_error
 from ._errors import CircuitOpenError, ConfigError
 
@@ -189,7 +190,8 @@ class BreakerPolicy(_Evolve):
 
     def classify(self, exc: BaseException) -> bool | None:
         """True: a failure; False: a success; None: ignored."""
-        if isinstance(exc, CircuitOpenError) or self._is_ignored(exc):
+        if isinstance(exc, CircuitOpenError) or self._is_ignored(exc) or caused_by_caller_deadline(exc):
+            # A timeout the caller's short deadline caused says nothing about the dependency.
             return None
         if self._is_failure(exc):
             return True

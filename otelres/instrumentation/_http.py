@@ -37,6 +37,7 @@ __all__ = [
     "RETRY_STATUSES",
     "breaker_name",
     "cap_timeout",
+    "cut_by_deadline",
     "no_retry_reason",
     "plan_request",
 ]
@@ -74,6 +75,15 @@ def cap_timeout(value: object, left: float) -> object:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return min(float(value), left)
     return value
+
+
+def cut_by_deadline(value: object, left: float) -> bool:
+    """Whether ``left`` seconds is shorter than a client timeout ``value`` (None:
+    unbounded): a timeout of the attempt is then the deadline's doing.
+    """
+    if value is None:
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and left < value
 
 
 def no_retry_reason(

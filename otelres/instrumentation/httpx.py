@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from otelres._deadline import time_left
+from otelres._deadline import mark_caller_deadline, time_left
 
 from ._common import Patches, acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, plan_request
+from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, cut_by_deadline, plan_request
 from ._rejections import rejection_class, with_rejection
 
 if TYPE_CHECKING:
@@ -95,15 +95,19 @@ class _Capping:
         # Absent, ``send`` would use the client's timeout: the same starting point.
         self.timeouts: dict[str, Any] = dict(found if isinstance(found, dict) else instance.timeout.as_dict())
 
-    def apply(self) -> None:
-        """Before an attempt: cap its timeouts, or raise if no time is left."""
+    def apply(self) -> bool:
+        """Before an attempt: cap its timeouts, or raise if no time is left; True when
+        the time left is shorter than one of the request's own timeouts (a timeout of
+        this attempt is then the deadline's doing).
+        """
         left = time_left()
         if left is None:
-            return
+            return False
         if left <= 0:
             raise _deadline_exceeded(self.request)
         capped = {key: cap_timeout(value, left) for key, value in self.timeouts.items()}
         self.request.extensions = {**self.extensions, "timeout": capped}
+        return any(cut_by_deadline(value, left) for value in self.timeouts.values())
 
     def restore(self) -> None:
         """After the call: the request's own extensions again."""
@@ -132,10 +136,16 @@ def _guarded_send(
         # No attempt fits: the destination is not contacted, so its breaker is not told.
         raise _deadline_exceeded(request)
     capping = _Capping(instance, request)
+    import httpx  # noqa: PLC0415 - imported by whoever called send
 
     def attempt(*call_args: Any, **call_kwargs: Any) -> Any:
-        capping.apply()
-        return wrapped(*call_args, **call_kwargs)
+        if not capping.apply():
+            return wrapped(*call_args, **call_kwargs)
+        try:
+            return wrapped(*call_args, **call_kwargs)
+        except httpx.TimeoutException as exc:
+            mark_caller_deadline(exc)  # the deadline, not the request's own timeout, ran out
+            raise
 
     try:
         return call_inside(*plan, attempt, args, kwargs)
@@ -164,10 +174,16 @@ async def _aguarded_send(
     if left <= 0:
         raise _deadline_exceeded(request)
     capping = _Capping(instance, request)
+    import httpx  # noqa: PLC0415 - imported by whoever called send
 
     async def attempt(*call_args: Any, **call_kwargs: Any) -> Any:
-        capping.apply()
-        return await wrapped(*call_args, **call_kwargs)
+        if not capping.apply():
+            return await wrapped(*call_args, **call_kwargs)
+        try:
+            return await wrapped(*call_args, **call_kwargs)
+        except httpx.TimeoutException as exc:
+            mark_caller_deadline(exc)  # the deadline, not the request's own timeout, ran out
+            raise
 
     try:
         return await acall_inside(*plan, attempt, args, kwargs)

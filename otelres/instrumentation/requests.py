@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from otelres._deadline import time_left
+from otelres._deadline import mark_caller_deadline, time_left
 
 from ._common import Patches, call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, plan_request
+from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, cut_by_deadline, plan_request
 from ._rejections import rejection_class, with_rejection
 
 if TYPE_CHECKING:
@@ -122,6 +122,13 @@ def _capped(timeout: Any, left: float) -> Any:
     return cap_timeout(timeout, left)
 
 
+def _cut(timeout: Any, left: float) -> bool:
+    """Whether ``left`` seconds cuts ``timeout`` (seconds, None, or a pair) short."""
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        return cut_by_deadline(timeout[0], left) or cut_by_deadline(timeout[1], left)
+    return cut_by_deadline(timeout, left)
+
+
 def _deadline_exceeded() -> Exception:
     import requests  # noqa: PLC0415 - imported by whoever called Session.request
 
@@ -135,15 +142,24 @@ def _within_deadline(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 
     def attempt(*call_args: Any, **call_kwargs: Any) -> Any:
         left = time_left()
-        if left is not None:
-            if left <= 0:
-                raise _deadline_exceeded()
-            capped = _capped(timeout, left)
-            if positional:
-                call_args = (*call_args[:_TIMEOUT_POSITION], capped, *call_args[_TIMEOUT_POSITION + 1 :])
-            else:
-                call_kwargs["timeout"] = capped
-        return wrapped(*call_args, **call_kwargs)
+        if left is None:
+            return wrapped(*call_args, **call_kwargs)
+        if left <= 0:
+            raise _deadline_exceeded()
+        capped = _capped(timeout, left)
+        if positional:
+            call_args = (*call_args[:_TIMEOUT_POSITION], capped, *call_args[_TIMEOUT_POSITION + 1 :])
+        else:
+            call_kwargs["timeout"] = capped
+        if not _cut(timeout, left):
+            return wrapped(*call_args, **call_kwargs)
+        import requests  # noqa: PLC0415 - imported by whoever called Session.request
+
+        try:
+            return wrapped(*call_args, **call_kwargs)
+        except requests.Timeout as exc:
+            mark_caller_deadline(exc)  # the deadline, not the attempt's own timeout, ran out
+            raise
 
     return attempt
 
