@@ -50,6 +50,21 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 DEADLINE_EXCEEDED = "otelres: request deadline exceeded"
 
 
+def _ascii_host(host: str) -> str:
+    """A host as it goes on the wire, which is how httpx already writes it: an
+    internationalised name in punycode (``bücher.example`` -> ``xn--bcher-kva.example``),
+    so that requests (which gets the raw URL) and httpx name one host one breaker.
+    A name IDNA refuses (a label over 63 characters, a 70 KB host) keeps its
+    characters: the registry bounds every name.
+    """
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
 def breaker_name(url: str) -> str | None:
     """``https://user:pw@Api.Example.com/x?q=1`` → ``https://api.example.com:443``; None if not HTTP."""
     try:
@@ -61,6 +76,7 @@ def breaker_name(url: str) -> str | None:
     host = parts.hostname
     if scheme not in _DEFAULT_PORTS or not host:
         return None
+    host = _ascii_host(host)
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port or _DEFAULT_PORTS[scheme]}"
