@@ -101,3 +101,32 @@ def test_toml_target_keys_match_whatever_their_case(tmp_path: Path) -> None:
     assert settings.for_target("https://api.example.com:443").retry.attempts == 5
     guard = otelres.Registry(settings).guard("https://api.example.com:443")
     assert guard.retry.attempts == 5
+
+
+@given(st.text(max_size=100))
+def test_retry_after_gives_none_or_a_finite_delay(value: str) -> None:
+    """Any Retry-After header value gives None or a finite delay >= 0, never an exception."""
+    delay = otelres.parse_retry_after(value, now=1_700_000_000.0)
+    assert delay is None or (math.isfinite(delay) and delay >= 0)
+
+
+@given(
+    st.sampled_from(
+        [
+            "OTELRES_RETRY_ATTEMPTS",
+            "OTELRES_RETRY_BASE_DELAY",
+            "OTELRES_BREAKER_FAILURE_RATE",
+            "OTELRES_ENABLED",
+        ]
+    ),
+    st.text(max_size=40),
+)
+def test_any_environment_value_gives_settings_or_a_config_error(variable: str, value: str) -> None:
+    """A configuration value from the environment is taken or refused with ConfigError naming it."""
+    try:
+        otelres.load_settings(env={variable: value})
+    except otelres.ConfigError as error:
+        named = variable in str(error)
+    else:
+        named = True
+    assert named
