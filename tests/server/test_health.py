@@ -211,6 +211,31 @@ def test_hung_checks_time_out_with_their_own_timeout() -> None:
     assert report.checks[0].duration < WAIT
 
 
+def test_a_hung_sync_check_has_one_run_in_flight() -> None:
+    """Evaluations while a sync check hangs wait on its one run (one thread), which leaves the
+    running set once the check returns."""
+    release = threading.Event()
+    runs: list[None] = []
+
+    def hangs() -> bool:
+        runs.append(None)
+        return release.wait(WAIT)
+
+    ready = Readiness(timeout=0.05, cache_seconds=0)
+    ready.add("hangs", hangs)
+    try:
+        for _ in range(5):
+            assert ready.evaluate_sync().checks[0].error == "timed out after 0.05 s"
+        assert asyncio.run(ready.evaluate()).status == "fail"
+        assert (len(runs), ready.running) == (1, ("hangs",))
+    finally:
+        release.set()
+    for thread in threading.enumerate():
+        if thread.name == "otelres-readiness-hangs":
+            thread.join(WAIT)
+    assert ready.running == ()
+
+
 def test_default_timeout_message() -> None:
     """The readiness timeout applies to a check without its own, named in the error."""
     release = threading.Event()

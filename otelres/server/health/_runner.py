@@ -4,7 +4,10 @@ flood of probes does not hammer the dependencies.
 
 A check is any callable, sync or async: it passes unless it raises or times
 out. Sync checks run in daemon threads of their own, so a hung one holds
-neither the event loop nor a worker of its default executor.
+neither the event loop nor a worker of its default executor; a check has at
+most one run in flight, so a hung one holds one thread, however many probes
+arrive (a probe that finds it still running waits for that run, within its
+timeout, instead of starting another).
 """
 
 from __future__ import annotations
@@ -44,45 +47,58 @@ def _is_async(call: Callable[[], object]) -> bool:
     )
 
 
-def _in_thread(call: Callable[[], object], name: str) -> asyncio.Future[object]:
-    """Run ``call`` in a daemon thread (with the caller's context); its result as a future.
+def _settle(future: asyncio.Future[object], result: object, error: BaseException | None) -> None:
+    if future.done():  # timed out and cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _Run:
+    """One run of a sync check in a daemon thread of its own, shared by every
+    evaluation that needs the check while it lasts: however many probes arrive
+    while a check hangs, it holds one thread.
 
     Not ``asyncio.to_thread``: a hung check must not hold a worker of the loop's
-    default executor, nor hold up the loop's shutdown.
+    default executor, nor hold up the loop's shutdown. Each waiting evaluation
+    gets a future of its own loop (:meth:`waiter`) and gives it back when it
+    stops waiting (:meth:`forget`), so waiters do not pile up on a hung run.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[object] = loop.create_future()
-    context = contextvars.copy_context()
 
-    def settle(result: object, error: BaseException | None) -> None:
-        if future.done():  # timed out and cancelled
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+    __slots__ = ("_lock", "_outcome", "_waiters")
 
-    def target() -> None:
-        result: object = None
-        error: BaseException | None = None
-        try:
-            result = context.run(call)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, result, error)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcome: tuple[object, BaseException | None] | None = None
+        self._waiters: dict[asyncio.Future[object], asyncio.AbstractEventLoop] = {}
 
-    threading.Thread(target=target, name=f"otelres-readiness-{name}", daemon=True).start()
-    return future
+    def waiter(self) -> asyncio.Future[object]:
+        """A future of the running loop, settled with the run's outcome."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[object] = loop.create_future()
+        with self._lock:
+            outcome = self._outcome
+            if outcome is None:
+                self._waiters[future] = loop
+                return future
+        _settle(future, *outcome)
+        return future
 
+    def forget(self, future: asyncio.Future[object]) -> None:
+        """Stop settling ``future`` (its evaluation no longer waits)."""
+        with self._lock:
+            self._waiters.pop(future, None)
 
-async def _call(check: _Check) -> None:
-    if _is_async(check.call):
-        result = await cast("Awaitable[object]", check.call())
-    else:
-        result = await _in_thread(check.call, check.name)
-    if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-        await result
+    def finish(self, result: object, error: BaseException | None) -> None:
+        """Settle every waiter, and any that comes later, with the outcome."""
+        with self._lock:
+            self._outcome = (result, error)
+            waiters, self._waiters = self._waiters, {}
+        for future, loop in waiters.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, future, result, error)
 
 
 def _discard(task: asyncio.Task[None]) -> None:
@@ -122,6 +138,8 @@ class Readiness:
         self._cached: tuple[Report, float] | None = None
         self._inflight: concurrent.futures.Future[Report] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The sync checks running now, by name: at most one run each.
+        self._running: dict[str, _Run] = {}
 
     def add(
         self,
@@ -146,6 +164,12 @@ class Readiness:
     def names(self) -> tuple[str, ...]:
         """The registered checks' names, in registration order."""
         return tuple(self._checks)
+
+    @property
+    def running(self) -> tuple[str, ...]:
+        """The sync checks with a run in flight now (a hung one stays here until it returns)."""
+        with self._lock:
+            return tuple(self._running)
 
     # -- evaluating --------------------------------------------------------
 
@@ -219,11 +243,53 @@ class Readiness:
         checked = tuple(results)
         return Report(status=overall_status(checked, breakers), checks=checked, breakers=breakers)
 
+    def _start(self, check: _Check) -> _Run:
+        """The check's run in flight, or a new one started in a daemon thread."""
+        with self._lock:
+            run = self._running.get(check.name)
+            if run is not None:
+                return run
+            run = self._running[check.name] = _Run()
+        context = contextvars.copy_context()
+
+        def target() -> None:
+            result: object = None
+            error: BaseException | None = None
+            try:
+                result = context.run(check.call)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting evaluations
+                error = exc
+            with self._lock:
+                if self._running.get(check.name) is run:
+                    del self._running[check.name]
+            run.finish(result, error)
+
+        try:
+            threading.Thread(target=target, name=f"otelres-readiness-{check.name}", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had: this run fails, the next one tries again
+            with self._lock:
+                del self._running[check.name]
+            run.finish(None, exc)
+        return run
+
+    async def _call(self, check: _Check) -> None:
+        if _is_async(check.call):
+            result = await cast("Awaitable[object]", check.call())
+        else:
+            run = self._start(check)
+            future = run.waiter()
+            try:
+                result = await future
+            finally:
+                run.forget(future)
+        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+            await result
+
     async def _run_check(self, check: _Check) -> CheckResult:
         timeout = check.timeout if check.timeout is not None else self.timeout
         started = time.perf_counter()
         error: str | None = None
-        task = asyncio.ensure_future(_call(check))
+        task = asyncio.ensure_future(self._call(check))
         task.add_done_callback(_discard)
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout)
