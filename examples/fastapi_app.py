@@ -38,10 +38,11 @@ TIMEOUT = 2.0
 
 # Recommendations are optional: when they fail (their circuit is open, or the call's
 # retries are spent) the page shows popular items instead, and says so in X-Degraded.
+# The degraded part's name is chosen here, for clients to read: the middleware never
+# puts a breaker's name (an internal address) in X-Degraded unless it shows details.
 recommendations = otelres.Resilience(
     "recommendations",
     retry=otelres.RetryPolicy(attempts=1),  # the patched client already retries each request
-    fallback=otelres.Fallback.value(["popular items"]),
 )
 
 clients: dict[str, httpx.AsyncClient] = {}
@@ -63,6 +64,7 @@ async def fetch(base: str, path: str) -> Any:
     return response.json()
 
 
+@otelres.degrade(["popular items"], name="recommendations")
 @recommendations
 async def fetch_recommendations(product_id: str) -> Any:
     """The recommendations for a product (popular items when the service is down)."""
@@ -81,6 +83,10 @@ async def product(product_id: str) -> dict[str, Any] | JSONResponse:
             "reviews": await fetch(REVIEWS_URL, f"/reviews/{product_id}"),
             "pricing": await fetch(PRICING_URL, f"/pricing/{product_id}"),
         }
+    except otelres.CircuitOpenError:
+        # A rejection by an open circuit is also the client's own connection error: let it
+        # reach otelres's middleware, which answers 503 with Retry-After.
+        raise
     except httpx.TimeoutException:
         return JSONResponse({"error": "an upstream service timed out"}, status_code=504)
     except httpx.HTTPError as exc:
@@ -94,9 +100,13 @@ readiness.add("details", http_check(f"{DETAILS_URL}/health", timeout=1.0), criti
 readiness.add("recommendations", http_check(f"{RECOMMENDATIONS_URL}/health", timeout=1.0), critical=False)
 
 # /livez, /readyz, the 503 mapping and a per-request deadline: 1 s, or less when the
-# caller's X-Request-Timeout asks for less. Added with add_middleware, not wrapped around
-# the app: Starlette's outermost ServerErrorMiddleware answers any uncaught error with a 500
-# before an outer wrapper could see it; inside it, the CircuitOpenError reaches otelres.
+# caller's X-Request-Timeout asks for less. That header is off unless named: name it only
+# behind a proxy that sets or strips it (any client could shorten its requests and make
+# calls time out). Responses name no breaker, check or error (show_details=False): the
+# 503 body is {"error": "dependency unavailable"} and /readyz gives the overall status.
+# Added with add_middleware, not wrapped around the app: Starlette's outermost
+# ServerErrorMiddleware answers any uncaught error with a 500 before an outer wrapper could
+# see it; inside it, the CircuitOpenError reaches otelres.
 app.add_middleware(
     ResilienceMiddleware,
     readiness=readiness,

@@ -11,7 +11,10 @@ This module also owns the request's degraded set (:data:`DEGRADED`): the
 middleware opens a fresh one per request with :func:`degraded_parts` and reads
 it for the header; :func:`degrade` and the core's fallbacks write to it with
 :func:`note_degraded`. Whoever falls back says so here, directly: no listener
-has to be registered for the header to be right.
+has to be registered for the header to be right. The set keeps apart the names
+the application chose (``degrade(..., name=...)``, in :attr:`DegradedSet.chosen`):
+only those may leave the process when the middleware does not show details
+(a breaker name is an internal address).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-__all__ = ["DEGRADED", "degrade", "degraded_parts", "note_degraded"]
+__all__ = ["DEGRADED", "DegradedSet", "degrade", "degraded_parts", "note_degraded"]
 
 _F = TypeVar("_F", bound="Callable[..., Any]")
 
@@ -42,13 +45,28 @@ _F = TypeVar("_F", bound="Callable[..., Any]")
 DEGRADED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("otelres_degraded", default=None)
 
 
-def note_degraded(part: str) -> None:
+class DegradedSet(set[str]):
+    """The parts that fell back in one request; :attr:`chosen` holds those of them
+    whose names the application chose (``degrade(..., name=...)``).
+    """
+
+    __slots__ = ("chosen",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The names given to :func:`degrade` (never a breaker's name, unless chosen so).
+        self.chosen: set[str] = set()
+
+
+def note_degraded(part: str, *, chosen: bool = False) -> None:
     """Record that ``part`` fell back while handling the current request (no-op
-    outside a request).
+    outside a request); ``chosen`` when the application chose that name itself.
     """
     parts = DEGRADED.get()
     if parts is not None:
         parts.add(part)
+        if chosen and isinstance(parts, DegradedSet):
+            parts.chosen.add(part)
 
 
 class _DegradedParts:
@@ -61,9 +79,9 @@ class _DegradedParts:
     _token: contextvars.Token[set[str] | None]
 
     def __init__(self) -> None:
-        self.parts: set[str] = set()
+        self.parts = DegradedSet()
 
-    def __enter__(self) -> set[str]:
+    def __enter__(self) -> DegradedSet:
         self._token = DEGRADED.set(self.parts)
         return self.parts
 
@@ -94,11 +112,11 @@ def _part(name: str | None, exc: Exception, fn: Callable[..., Any]) -> str:
     return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "degraded"))
 
 
-def _report(part: str, exc: Exception) -> None:
+def _report(part: str, exc: Exception, *, chosen: bool) -> None:
     """Note the part in the current response's ``X-Degraded`` (here, once: no listener
     notes it again) and tell the listeners.
     """
-    note_degraded(part)
+    note_degraded(part, chosen=chosen)
     if _events.listeners:
         reason = type(exc).__name__
         _events.emit(_events.Event(_events.FALLBACK, part, reason=reason))
@@ -129,6 +147,7 @@ def degrade(
     the handler's own (``KeyError``, ``TypeError``) still propagates.
     The part is named ``name``, else by the error's breaker, else by the
     function's ``__qualname__``: it goes into the request's ``X-Degraded`` header
+    (a ``name`` given here even when the middleware shows no details)
     and to the listeners as ``fallback`` and ``degraded`` events. Only :class:`Exception` is ever
     replaced: never a cancellation, ``KeyboardInterrupt`` or ``SystemExit``.
     """
@@ -151,7 +170,7 @@ def degrade(
                     result = cast("Callable[[Exception], Any]", fallback)(exc) if compute else fallback
                     if inspect.isawaitable(result):
                         result = await result
-                    _report(_part(name, exc, fn), exc)
+                    _report(_part(name, exc, fn), exc, chosen=name is not None)
                     return result
 
             return cast("_F", adegraded)
@@ -167,7 +186,7 @@ def degrade(
                 if not matches(exc):
                     raise
                 result = cast("Callable[[Exception], Any]", fallback)(exc) if compute else fallback
-                _report(_part(name, exc, fn), exc)
+                _report(_part(name, exc, fn), exc, chosen=name is not None)
                 return result
 
         return cast("_F", degraded)

@@ -5,18 +5,30 @@ with a request (answer a probe, or run the app under a deadline), and turns a
 :class:`~otelres.CircuitOpenError` into the 503 response :func:`circuit_open_response`
 builds (the framework glue in :mod:`otelres.server._frameworks` builds the same
 one). Nothing here reads a socket, awaits or sleeps.
+
+What leaves the process is decided here too. A request comes from outside: its
+deadline header is a number to check, never trusted (:func:`parse_deadline`).
+A response goes outside: unless the middleware was built with
+``show_details=True``, it names no breaker, check or error (the 503 body is
+``{"error": "dependency unavailable"}``, ``/readyz`` the overall status), and
+every header value built from a name is plain ASCII (:func:`header_value`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import http
 import json
 import logging
 import math
+import re
 import threading
+import urllib.parse
 import warnings
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
+from otelres._deadline import MAX_DEADLINE
+from otelres._degrade import DegradedSet
 from otelres._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,8 +42,11 @@ __all__ = [
     "Response",
     "circuit_open_response",
     "degraded_header",
+    "details_shown",
+    "header_value",
     "log_rejected",
     "parse_deadline",
+    "showing_details",
     "status_line",
 ]
 
@@ -42,9 +57,50 @@ Response = tuple[int, list[tuple[str, str]], bytes]
 
 _JSON = ("Content-Type", "application/json")
 
+#: The open-circuit 503 body when details are not shown: names no dependency.
+_UNAVAILABLE = json.dumps({"error": "dependency unavailable"}).encode()
+
+#: Whether the middleware handling the current request shows details (``show_details``);
+#: the framework glue reads it for its own 503. False outside a middleware's request.
+_SHOW_DETAILS: contextvars.ContextVar[bool] = contextvars.ContextVar("otelres_show_details", default=False)
+
+
+def details_shown() -> bool:
+    """Whether the current request is handled by a middleware built with ``show_details=True``."""
+    return _SHOW_DETAILS.get()
+
+
+class _ShowingDetails:
+    """The context manager :func:`showing_details` returns."""
+
+    __slots__ = ("_show", "_token")
+
+    _token: contextvars.Token[bool]
+
+    def __init__(self, show: bool) -> None:
+        self._show = show
+
+    def __enter__(self) -> None:
+        self._token = _SHOW_DETAILS.set(self._show)
+
+    def __exit__(self, *exc: object) -> None:
+        _SHOW_DETAILS.reset(self._token)
+
+
+def showing_details(show: bool) -> _ShowingDetails:
+    """Within the block, :func:`details_shown` is ``show``: the middlewares set it
+    around the application's handling of each request.
+    """
+    return _ShowingDetails(show)
+
 
 class ReportLike(Protocol):
     """What the middleware needs of :class:`otelres.health.Report`."""
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``degraded`` or ``fail``."""
+        ...
 
     @property
     def http_status(self) -> int:
@@ -72,24 +128,56 @@ class ReadinessLike(Protocol):
         ...
 
 
-def degraded_header(names: set[str] | None) -> tuple[str, str] | None:
-    """The ``X-Degraded`` header naming the parts (breakers) that fell back, or None."""
+#: What a header value built from a name keeps as it is: RFC 3986's unreserved and
+#: reserved characters but ``,`` (which separates names); everything else, ``%``
+#: included, is percent-encoded from UTF-8.
+_HEADER_SAFE = ":/?#[]@!$&'()*+;="
+
+
+def header_value(text: str) -> str:
+    """``text`` as a header value: plain printable ASCII, whatever it holds.
+
+    Non-ASCII, control characters, spaces, ``%`` and ``,`` are percent-encoded
+    as in RFC 3986 (``推荐`` -> ``%E6%8E%A8%E8%8D%90``), so a name never breaks a
+    response (a non-Latin-1 value cannot be sent) nor adds a header (CR LF).
+    """
+    return urllib.parse.quote(text, safe=_HEADER_SAFE, encoding="utf-8", errors="surrogatepass")
+
+
+def degraded_header(names: set[str] | None, *, show_details: bool = False) -> tuple[str, str] | None:
+    """The ``X-Degraded`` header when parts fell back during the request, else None.
+
+    With ``show_details`` it names every part (breakers included); without, only the
+    names the application chose (``degrade(..., name=...)``), or ``1`` when none was.
+    Each name goes through :func:`header_value`.
+    """
     if not names:
         return None
-    return ("X-Degraded", ",".join(sorted(names)))
+    shown = names if show_details else names.chosen if isinstance(names, DegradedSet) else ()
+    return ("X-Degraded", ",".join(sorted({header_value(name) for name in shown})) or "1")
+
+
+#: A deadline header's value: a plain decimal number of seconds (ASCII digits, an
+#: optional fraction and exponent); no sign, ``inf``, ``nan``, hex or ``_``.
+_SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
 def parse_deadline(value: str | None) -> float | None:
-    """The seconds a deadline header asks for: a finite number > 0, else None."""
+    """The seconds a deadline header asks for, at most :data:`~otelres._deadline.MAX_DEADLINE`;
+    None unless it is a plain decimal number > 0 (surrounding spaces and tabs allowed).
+
+    A number too large to represent counts as the longest deadline; ``inf``,
+    ``nan``, a sign, hex, digit separators and non-ASCII digits do not parse.
+    """
     if value is None:
         return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
+    text = value.strip(" \t")
+    if _SECONDS.fullmatch(text) is None:
         return None
-    if not math.isfinite(seconds) or seconds <= 0:
+    seconds = float(text)  # a match always parses; one too large gives inf
+    if not seconds > 0:
         return None
-    return seconds
+    return min(seconds, MAX_DEADLINE)
 
 
 def status_line(status: int) -> str:
@@ -120,16 +208,27 @@ def log_rejected(error: CircuitOpenError) -> None:
     )
 
 
-def circuit_open_response(error: CircuitOpenError) -> Response:
+def _retry_after(seconds: float) -> int:
+    """Whole seconds, from 1 to a day, whatever the error carried (NaN gives 1)."""
+    if not seconds < MAX_DEADLINE:  # also NaN
+        return 1 if math.isnan(seconds) else int(MAX_DEADLINE)
+    return max(1, math.ceil(seconds))
+
+
+def circuit_open_response(error: CircuitOpenError, *, show_details: bool = False) -> Response:
     """The 503 answer to a request that failed fast on an open circuit.
 
     ``Retry-After`` is the whole seconds until the breaker probes again, at least
-    1; the JSON body names the dependency and repeats that figure.
+    1. The JSON body is ``{"error": "dependency unavailable"}``; with
+    ``show_details`` it also names the dependency and repeats that figure.
     """
-    retry_after = max(1, math.ceil(error.retry_after))
-    body = json.dumps(
-        {"error": "dependency unavailable", "dependency": error.breaker, "retry_after": retry_after}
-    ).encode()
+    retry_after = _retry_after(error.retry_after)
+    if show_details:
+        body = json.dumps(
+            {"error": "dependency unavailable", "dependency": error.breaker, "retry_after": retry_after}
+        ).encode()
+    else:
+        body = _UNAVAILABLE
     headers = [_JSON, ("Retry-After", str(retry_after)), ("Content-Length", str(len(body)))]
     return 503, headers, body
 
@@ -146,8 +245,17 @@ def _probe_response(body: bytes, status: int, content_type: str) -> Response:
 def _check_seconds(key: str, value: float | None, *, optional: bool) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(key, value, "a number of seconds > 0" + (" or None" if optional else ""))
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= MAX_DEADLINE  # also refuses NaN
+    ):
+        allowed = f"a finite number of seconds > 0 and at most {MAX_DEADLINE:g} (a day)"
+        raise ConfigError(key, value, allowed + (" or None" if optional else ""))
+
+
+#: An HTTP field name (RFC 9110's token).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
 
 
 class RequestRules:
@@ -164,12 +272,21 @@ class RequestRules:
         deadline: float | None,
         deadline_header: str | None,
         max_deadline: float,
+        show_details: bool = False,
     ) -> None:
         _check_seconds("deadline", deadline, optional=True)
         _check_seconds("max_deadline", max_deadline, optional=False)
         for key, path in (("live_path", live_path), ("ready_path", ready_path)):
             if not isinstance(path, str) or not path.startswith("/"):
                 raise ConfigError(key, path, "a path starting with '/'")
+        if deadline_header is not None and (
+            not isinstance(deadline_header, str) or _TOKEN.fullmatch(deadline_header) is None
+        ):
+            raise ConfigError("deadline_header", deadline_header, "an HTTP header name or None")
+        if not isinstance(show_details, bool):
+            raise ConfigError("show_details", show_details, "True or False")
+        #: Whether responses name breakers, checks and errors (``show_details``).
+        self.show_details = show_details
         self._readiness = readiness
         self.live_path = live_path
         self.ready_path = ready_path
@@ -212,18 +329,32 @@ class RequestRules:
         return _probe_response(report.to_json(), report.http_status, "application/json")
 
     def ready_response(self, report: ReportLike, query: str) -> Response:
-        """The readiness answer: JSON, or text with ``?verbose``."""
+        """The readiness answer: JSON, or text with ``?verbose``; without
+        ``show_details``, the overall status only (``{"status": "ok"}``, and the
+        text form's last line).
+        """
         if _verbose(query):
-            return _probe_response(
-                report.to_text(True).encode(),  # noqa: FBT003 - health.Report's signature
-                report.http_status,
-                "text/plain; charset=utf-8",
-            )
-        return _probe_response(report.to_json(), report.http_status, "application/json")
+            text = report.to_text(self.show_details)
+            return _probe_response(text.encode(), report.http_status, "text/plain; charset=utf-8")
+        if self.show_details:
+            body = report.to_json()
+        else:
+            body = json.dumps({"status": report.status}, separators=(",", ":")).encode()
+        return _probe_response(body, report.http_status, "application/json")
+
+    def circuit_open_response(self, error: CircuitOpenError) -> Response:
+        """The 503 for ``error``, with or without details as configured."""
+        return circuit_open_response(error, show_details=self.show_details)
+
+    def degraded_header(self, names: set[str] | None) -> tuple[str, str] | None:
+        """The ``X-Degraded`` header for the parts that fell back, as configured."""
+        return degraded_header(names, show_details=self.show_details)
 
     def deadline_for(self, header: str | None) -> float | None:
         """The request's deadline in seconds: the least of the configured one, the
         header's (when valid) and ``max_deadline``; None when neither is set.
+        Never raises, whatever the header holds: a value that is not a plain
+        number of seconds > 0 is counted and ignored.
         """
         asked = parse_deadline(header)
         if asked is None and header is not None:
@@ -248,7 +379,13 @@ _App = TypeVar("_App")
 
 
 class Middleware(Generic[_App]):
-    """What both middlewares are built from: the wrapped app and its :class:`RequestRules`."""
+    """What both middlewares are built from: the wrapped app and its :class:`RequestRules`.
+
+    ``deadline_header`` (off by default) lets a caller shorten its own request's
+    deadline: turn it on only behind a proxy that sets or strips that header.
+    ``show_details`` (off by default) lets responses name breakers, checks and
+    errors: for services on an internal network only.
+    """
 
     def __init__(
         self,
@@ -258,8 +395,9 @@ class Middleware(Generic[_App]):
         live_path: str = "/livez",
         ready_path: str = "/readyz",
         deadline: float | None = None,
-        deadline_header: str | None = "X-Request-Timeout",
+        deadline_header: str | None = None,
         max_deadline: float = 30.0,
+        show_details: bool = False,
     ) -> None:
         self.app = app
         #: This instance's decisions (probes, deadlines); ``malformed_headers`` counts ignored headers.
@@ -270,6 +408,7 @@ class Middleware(Generic[_App]):
             deadline=deadline,
             deadline_header=deadline_header,
             max_deadline=max_deadline,
+            show_details=show_details,
         )
 
     @property

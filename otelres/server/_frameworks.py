@@ -22,6 +22,12 @@ Starlette's 500 handler, Django's ``handler500``) is a catch-all for errors,
 not a handler for this one: the 503 wins over it, as the outer middleware's
 would. A framework is patched only when installed, and only once its module is
 imported (a post-import hook), so ``instrument()`` imports none of them.
+
+The body follows the ``show_details`` of the ``ResilienceMiddleware`` handling
+the request (it sets :func:`~otelres.server._core.details_shown` for the
+request's context, inside or outside the framework's own middleware): it names
+the dependency only under a middleware built with ``show_details=True``; without
+a middleware around the request, it never does.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from wrapt import register_post_import_hook
 
 from otelres._errors import CircuitOpenError
 from otelres._patches import Patches
-from otelres.server._core import circuit_open_response, log_rejected
+from otelres.server._core import circuit_open_response, details_shown, log_rejected
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable
@@ -73,7 +79,7 @@ def _flask_handle_user_exception(
         if _handles(instance.error_handler_spec[name][None], type(error)):
             return wrapped(*args, **kwargs)  # the app's own handler
     log_rejected(error)
-    status, headers, body = circuit_open_response(error)
+    status, headers, body = circuit_open_response(error, show_details=details_shown())
     return instance.response_class(body, status=status, headers=headers)
 
 
@@ -87,7 +93,7 @@ def _django_response_for_exception(
     if not isinstance(error, CircuitOpenError):
         return wrapped(*args, **kwargs)
     log_rejected(error)
-    status, headers, body = circuit_open_response(error)
+    status, headers, body = circuit_open_response(error, show_details=details_shown())
     response = importlib.import_module("django.http").HttpResponse(body, status=status, headers=dict(headers))
     # Django logs every 5xx response at ERROR ("Service Unavailable: /path"); the warning above is
     # this one's line, as with the middleware. log_response skips a response marked as logged.
@@ -103,7 +109,7 @@ async def _starlette_handler(conn: Any, exc: Exception) -> Any:
     if not _state.active or conn.scope["type"] != "http" or not isinstance(exc, CircuitOpenError):
         raise exc
     log_rejected(exc)
-    status, headers, body = circuit_open_response(exc)
+    status, headers, body = circuit_open_response(exc, show_details=details_shown())
     response_class = importlib.import_module("starlette.responses").Response
     return response_class(body, status_code=status, headers=dict(headers))
 

@@ -15,13 +15,7 @@ from typing import TYPE_CHECKING, Any
 from otelres._deadline import deadline as _deadline
 from otelres._degrade import degraded_parts
 from otelres._errors import CircuitOpenError
-from otelres.server._core import (
-    Middleware,
-    Response,
-    circuit_open_response,
-    degraded_header,
-    log_rejected,
-)
+from otelres.server._core import Middleware, Response, log_rejected, showing_details
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -40,6 +34,14 @@ class ResilienceMiddleware(Middleware["ASGIApp"]):
     every other HTTP request runs the app under a deadline (the least of
     ``deadline``, the ``deadline_header`` value and ``max_deadline``), and an
     uncaught :class:`~otelres.CircuitOpenError` becomes a 503 with ``Retry-After``.
+
+    ``deadline_header`` is off (None) by default: name it (``"X-Request-Timeout"``)
+    only behind a proxy that sets or strips that header. ``show_details`` is off
+    by default: the 503 body is ``{"error": "dependency unavailable"}``,
+    ``ready_path`` answers the overall status only, and ``x-degraded`` carries the
+    names given to ``otelres.degrade(..., name=...)`` or ``1``; with
+    ``show_details=True`` (a service on an internal network) they name breakers,
+    checks and errors.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,15 +69,15 @@ class ResilienceMiddleware(Middleware["ASGIApp"]):
         seconds = rules.deadline_for(header)
         started = False
 
-        with degraded_parts() as degraded:
+        with degraded_parts() as degraded, showing_details(rules.show_details):
 
             async def send_wrapper(message: Message) -> None:
                 nonlocal started
                 if message["type"] == "http.response.start":
                     started = True
-                    extra = degraded_header(degraded)
-                    if extra is not None:
-                        pair = (extra[0].lower().encode("latin-1"), extra[1].encode("latin-1"))
+                    extra = rules.degraded_header(degraded)
+                    if extra is not None:  # plain ASCII (header_value)
+                        pair = (extra[0].lower().encode("ascii"), extra[1].encode("ascii"))
                         message = {**message, "headers": [*message.get("headers", ()), pair]}
                 await send(message)
 
@@ -89,7 +91,7 @@ class ResilienceMiddleware(Middleware["ASGIApp"]):
                 if started:
                     raise
                 log_rejected(error)
-                await _answer(circuit_open_response(error), send)
+                await _answer(rules.circuit_open_response(error), send)
 
 
 async def _answer(response: Response, send: Send) -> None:

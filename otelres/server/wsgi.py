@@ -16,14 +16,7 @@ from otelres._clock import MONOTONIC
 from otelres._deadline import deadline as _deadline
 from otelres._degrade import degraded_parts
 from otelres._errors import CircuitOpenError
-from otelres.server._core import (
-    Middleware,
-    Response,
-    circuit_open_response,
-    degraded_header,
-    log_rejected,
-    status_line,
-)
+from otelres.server._core import Middleware, Response, log_rejected, showing_details, status_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +34,14 @@ class ResilienceMiddleware(Middleware["WSGIApp"]):
     every other request runs the app under a deadline (the least of ``deadline``,
     the ``deadline_header`` value and ``max_deadline``), and an uncaught
     :class:`~otelres.CircuitOpenError` becomes a 503 with ``Retry-After``.
+
+    ``deadline_header`` is off (None) by default: name it (``"X-Request-Timeout"``)
+    only behind a proxy that sets or strips that header. ``show_details`` is off
+    by default: the 503 body is ``{"error": "dependency unavailable"}``,
+    ``ready_path`` answers the overall status only, and ``X-Degraded`` carries the
+    names given to ``otelres.degrade(..., name=...)`` or ``1``; with
+    ``show_details=True`` (a service on an internal network) they name breakers,
+    checks and errors.
     """
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -65,12 +66,12 @@ class ResilienceMiddleware(Middleware["WSGIApp"]):
 
             return write_body
 
-        with degraded_parts() as degraded:
+        with degraded_parts() as degraded, showing_details(rules.show_details):
 
             def start(status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None) -> Any:
                 nonlocal called
                 called = True
-                extra = degraded_header(degraded)
+                extra = rules.degraded_header(degraded)
                 if extra is not None:
                     headers = [*headers, extra]
                 return write_started(start_response(status, headers, exc_info))
@@ -86,7 +87,7 @@ class ResilienceMiddleware(Middleware["WSGIApp"]):
                     raise
                 log_rejected(error)
                 return _answer(
-                    circuit_open_response(error), start_response, sys.exc_info() if called else None
+                    rules.circuit_open_response(error), start_response, sys.exc_info() if called else None
                 )
 
 

@@ -11,11 +11,17 @@ class StubReport:
 
     http_status: int = 200
 
+    @property
+    def status(self) -> str:
+        return "ok" if self.http_status == 200 else "fail"
+
     def to_json(self) -> bytes:
         return b'{"status": "%s"}' % (b"ok" if self.http_status == 200 else b"fail")
 
-    def to_text(self, verbose: bool) -> str:  # noqa: ARG002 - Report's signature
-        return f"[+]stub {'ok' if self.http_status == 200 else 'failed'}\n"
+    def to_text(self, verbose: bool) -> str:
+        verdict = "passed" if self.http_status == 200 else "failed"
+        detail = f"[+]stub {'ok' if self.http_status == 200 else 'failed'}\n" if verbose else ""
+        return f"{detail}readyz check {verdict}\n"
 
 
 @dataclasses.dataclass

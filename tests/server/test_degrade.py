@@ -266,6 +266,29 @@ def test_degraded_parts_opens_a_fresh_set_and_restores_the_previous_one() -> Non
     assert inner == {"pricing"}
 
 
+def test_only_names_given_to_degrade_are_chosen() -> None:
+    """degrade(name=...) notes a chosen name; a breaker's name (from the error, or a core fallback's
+    note) and a function's name are parts, never chosen ones."""
+
+    @degrade("a", name="recommendations")
+    def named() -> str:
+        raise open_circuit()
+
+    @degrade("b")
+    def unnamed() -> str:
+        raise exhausted()
+
+    @degrade("c")
+    def plain() -> str:
+        raise ConnectionError("refused")
+
+    with degraded_parts() as parts:
+        assert (named(), unnamed(), plain()) == ("a", "b", "c")
+        note_degraded("https://pricing:443")
+    assert parts == {"recommendations", "http://recs:80", "https://pricing:443", plain.__qualname__}
+    assert parts.chosen == {"recommendations"}
+
+
 def _call_wsgi(app: Any) -> tuple[str, list[tuple[str, str]], bytes]:
     environ: dict[str, Any] = {"PATH_INFO": "/product"}
     setup_testing_defaults(environ)
@@ -279,8 +302,12 @@ def _call_wsgi(app: Any) -> tuple[str, list[tuple[str, str]], bytes]:
     return captured["status"], captured["headers"], body
 
 
-def test_wsgi_response_names_degraded_part() -> None:
-    """Inside a ResilienceMiddleware request the fallback answers 200 with X-Degraded."""
+@pytest.mark.parametrize(
+    ("show_details", "header"), [(False, "recommendations"), (True, "http://recs:80,recommendations")]
+)
+def test_wsgi_response_names_degraded_part(show_details: bool, header: str) -> None:
+    """Inside a ResilienceMiddleware request the fallback answers 200 with X-Degraded: the chosen
+    names only, or every part (the breaker's name too) with show_details."""
 
     @degrade(["popular"], name="recommendations")
     def recommendations() -> list[str]:
@@ -295,9 +322,9 @@ def test_wsgi_response_names_degraded_part() -> None:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [body]
 
-    status, headers, body = _call_wsgi(wsgi.ResilienceMiddleware(product_page))
+    status, headers, body = _call_wsgi(wsgi.ResilienceMiddleware(product_page, show_details=show_details))
     assert status.startswith("200")
-    assert ("X-Degraded", "http://recs:80,recommendations") in headers
+    assert ("X-Degraded", header) in headers
     assert body == b"['popular'] n/a"
 
 

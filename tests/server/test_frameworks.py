@@ -6,10 +6,12 @@ import json
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
+from wsgiref.util import setup_testing_defaults
 
 import django
 import pytest
 from django.conf import settings
+from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpResponse
 from django.test import Client, override_settings
 from django.urls import path
@@ -21,7 +23,7 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from otelres import CircuitOpenError
+from otelres import CircuitOpenError, asgi, wsgi
 from otelres._errors import OtelresError
 from otelres.server._frameworks import FrameworksInstrumentor
 
@@ -100,11 +102,16 @@ def _fastapi_app() -> FastAPI:
     return app
 
 
-def _check_503(status: int, headers: Any, body: bytes, caplog: pytest.LogCaptureFixture) -> None:
+_DETAILS = {"error": "dependency unavailable", "dependency": "payments", "retry_after": 3}
+
+
+def _check_503(
+    status: int, headers: Any, body: bytes, caplog: pytest.LogCaptureFixture, *, details: bool = False
+) -> None:
     assert status == 503
     assert headers["Retry-After"] == "3"
     assert headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"error": "dependency unavailable", "dependency": "payments", "retry_after": 3}
+    assert json.loads(body) == (_DETAILS if details else {"error": "dependency unavailable"})
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]  # not even Django's
     assert [r.name for r in caplog.records if r.levelno == logging.WARNING] == ["otelres.server"]
 
@@ -116,6 +123,17 @@ def test_flask_answers_503(instrumented: FrameworksInstrumentor, caplog: pytest.
     """A Flask view raising CircuitOpenError gives the middleware's 503, with no ERROR traceback."""
     response = _flask_app().test_client().get("/fail")
     _check_503(response.status_code, response.headers, response.data, caplog)
+
+
+@pytest.mark.parametrize("show_details", [False, True])
+def test_flask_body_follows_the_middlewares_show_details(
+    show_details: bool, instrumented: FrameworksInstrumentor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under a ResilienceMiddleware, Flask's 503 names the dependency only if it shows details."""
+    app = _flask_app()
+    app.wsgi_app = wsgi.ResilienceMiddleware(app.wsgi_app, show_details=show_details)  # type: ignore[method-assign]
+    response = app.test_client().get("/fail")
+    _check_503(response.status_code, response.headers, response.data, caplog, details=show_details)
 
 
 def test_flask_own_handler_wins(instrumented: FrameworksInstrumentor) -> None:
@@ -150,6 +168,24 @@ def test_django_answers_503(instrumented: FrameworksInstrumentor, caplog: pytest
     _check_503(response.status_code, response.headers, response.content, caplog)
 
 
+@pytest.mark.parametrize("show_details", [False, True])
+def test_django_body_follows_the_middlewares_show_details(
+    show_details: bool, instrumented: FrameworksInstrumentor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under a ResilienceMiddleware, Django's 503 names the dependency only if it shows details."""
+    app = wsgi.ResilienceMiddleware(WSGIHandler(), show_details=show_details)
+    environ: dict[str, Any] = {"PATH_INFO": "/fail/", "HTTP_HOST": "testserver"}
+    setup_testing_defaults(environ)
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen["status"], seen["headers"] = int(status[:3]), dict(headers)
+        return lambda _data: None
+
+    body = b"".join(app(environ, start_response))
+    _check_503(seen["status"], seen["headers"], body, caplog, details=show_details)
+
+
 def test_django_process_exception_wins(instrumented: FrameworksInstrumentor) -> None:
     """A Django middleware's process_exception answering CircuitOpenError keeps its answer."""
     with override_settings(MIDDLEWARE=[f"{__name__}.OwnHandler"]):
@@ -177,6 +213,19 @@ def test_asgi_frameworks_answer_503(
     with TestClient(make()) as client:
         response = client.get("/fail")
     _check_503(response.status_code, response.headers, response.content, caplog)
+
+
+@pytest.mark.parametrize("show_details", [False, True])
+@pytest.mark.parametrize("make", [_starlette_app, _fastapi_app], ids=["starlette", "fastapi"])
+def test_asgi_frameworks_body_follows_the_middlewares_show_details(
+    make: Any, show_details: bool, instrumented: FrameworksInstrumentor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under a ResilienceMiddleware the app added, the 503 names the dependency only if it shows details."""
+    app = make()
+    app.add_middleware(asgi.ResilienceMiddleware, show_details=show_details)
+    with TestClient(app) as client:
+        response = client.get("/fail")
+    _check_503(response.status_code, response.headers, response.content, caplog, details=show_details)
 
 
 def test_starlette_own_handler_wins(instrumented: FrameworksInstrumentor) -> None:

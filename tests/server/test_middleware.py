@@ -90,9 +90,9 @@ def test_wsgi_livez_answers_without_app_or_checks(readiness: StubReadiness) -> N
 
 @pytest.mark.parametrize(("code", "line"), [(200, "200 OK"), (503, "503 Service Unavailable")])
 def test_wsgi_readyz_reports_json_and_verbose_text(code: int, line: str) -> None:
-    """GET /readyz gives the report's JSON and status; ?verbose gives the text form."""
+    """GET /readyz with show_details gives the report's JSON and status; ?verbose gives the text form."""
     stub = StubReadiness(StubReport(code))
-    app = wsgi.ResilienceMiddleware(wsgi_app, readiness=stub, ready_path="/ready")
+    app = wsgi.ResilienceMiddleware(wsgi_app, readiness=stub, ready_path="/ready", show_details=True)
     status, headers, body = call_wsgi(app, "/ready")
     assert (status, headers["Content-Type"]) == (line, "application/json")
     assert body == stub.report.to_json()
@@ -100,6 +100,19 @@ def test_wsgi_readyz_reports_json_and_verbose_text(code: int, line: str) -> None
     assert status == line
     assert headers["Content-Type"].startswith("text/plain")
     assert body.decode() == stub.report.to_text(True)
+
+
+@pytest.mark.parametrize(("code", "verdict"), [(200, "ok"), (503, "fail")])
+def test_wsgi_readyz_shows_the_overall_status_only_by_default(code: int, verdict: str) -> None:
+    """By default /readyz is {"status": ...} and ?verbose only the last line: no check or breaker named."""
+    stub = StubReadiness(StubReport(code))
+    app = wsgi.ResilienceMiddleware(wsgi_app, readiness=stub)
+    status, _, body = call_wsgi(app, "/readyz")
+    assert (int(status[:3]), json.loads(body)) == (code, {"status": verdict})
+    status, _, body = call_wsgi(app, "/readyz", query="verbose")
+    assert int(status[:3]) == code
+    assert body.decode() == stub.report.to_text(False)
+    assert "stub" not in body.decode()
 
 
 def test_wsgi_default_readiness_reports_breakers() -> None:
@@ -119,15 +132,25 @@ def test_wsgi_probe_paths_only_for_get(readiness: StubReadiness) -> None:
     assert readiness.calls == 0
 
 
-def test_wsgi_circuit_open_becomes_503(caplog: pytest.LogCaptureFixture) -> None:
-    """An uncaught CircuitOpenError becomes 503, Retry-After in whole seconds, a JSON body, no ERROR log."""
-    app = wsgi.ResilienceMiddleware(wsgi_app)
+@pytest.mark.parametrize(
+    ("show_details", "expected"),
+    [
+        (False, {"error": "dependency unavailable"}),
+        (True, {"error": "dependency unavailable", "dependency": "db", "retry_after": 3}),
+    ],
+)
+def test_wsgi_circuit_open_becomes_503(
+    show_details: bool, expected: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An uncaught CircuitOpenError becomes 503, Retry-After in whole seconds, a JSON body naming the
+    dependency only with show_details, no ERROR log."""
+    app = wsgi.ResilienceMiddleware(wsgi_app, show_details=show_details)
     with caplog.at_level(logging.DEBUG, logger="otelres"):
         status, headers, body = call_wsgi(app, "/open")
     assert status == "503 Service Unavailable"
     assert headers["Retry-After"] == "3"
     assert headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"error": "dependency unavailable", "dependency": "db", "retry_after": 3}
+    assert json.loads(body) == expected
     assert [r.levelno for r in caplog.records if r.name.startswith("otelres")] == [logging.WARNING]
     assert not any(r.exc_info for r in caplog.records)
 
@@ -163,7 +186,7 @@ def test_wsgi_deadline(
     kwargs: dict[str, Any], header: str | None, low: float | None, high: float | None
 ) -> None:
     """The handler's time_left() is the least of the configured deadline, a valid header and max_deadline."""
-    app = wsgi.ResilienceMiddleware(wsgi_app, max_deadline=2.0, **kwargs)
+    app = wsgi.ResilienceMiddleware(wsgi_app, max_deadline=2.0, deadline_header="X-Request-Timeout", **kwargs)
     headers = {} if header is None else {"X_REQUEST_TIMEOUT": header}
     _, _, body = call_wsgi(app, "/", **headers)
     if low is None:
@@ -175,7 +198,7 @@ def test_wsgi_deadline(
 
 def test_malformed_header_is_counted_and_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     """A malformed deadline header is counted and logged at DEBUG, never raised."""
-    app = wsgi.ResilienceMiddleware(wsgi_app)
+    app = wsgi.ResilienceMiddleware(wsgi_app, deadline_header="X-Request-Timeout")
     with caplog.at_level(logging.DEBUG, logger="otelres"):
         call_wsgi(app, "/", X_REQUEST_TIMEOUT="soon")
     assert app.rules.malformed_headers == 1
@@ -203,27 +226,50 @@ def test_streamed_body_runs_under_the_deadline() -> None:
 
 
 def test_wsgi_degraded_header() -> None:
-    """Breakers that fell back during the request are named in X-Degraded."""
-    _, headers, _ = call_wsgi(wsgi.ResilienceMiddleware(wsgi_app), "/degraded")
+    """Breakers that fell back during the request are named in X-Degraded with show_details, else it is 1."""
+    _, headers, _ = call_wsgi(wsgi.ResilienceMiddleware(wsgi_app, show_details=True), "/degraded")
     assert headers["X-Degraded"] == "pricing,reviews"
+    _, headers, _ = call_wsgi(wsgi.ResilienceMiddleware(wsgi_app), "/degraded")
+    assert headers["X-Degraded"] == "1"
     _, headers, _ = call_wsgi(wsgi.ResilienceMiddleware(wsgi_app), "/")
     assert "X-Degraded" not in headers
 
 
 def test_bad_configuration_is_refused() -> None:
-    """A non-positive deadline or a relative probe path raises ConfigError."""
+    """A non-positive deadline, a relative probe path, a bad header name or show_details: ConfigError."""
     with pytest.raises(otelres.ConfigError, match="max_deadline"):
         wsgi.ResilienceMiddleware(wsgi_app, max_deadline=0)
     with pytest.raises(otelres.ConfigError, match="deadline"):
         asgi.ResilienceMiddleware(asgi_app, deadline=-1.0)
     with pytest.raises(otelres.ConfigError, match="live_path"):
         wsgi.ResilienceMiddleware(wsgi_app, live_path="livez")
+    with pytest.raises(otelres.ConfigError, match="deadline_header"):
+        asgi.ResilienceMiddleware(asgi_app, deadline_header="X Request\r\nTimeout")
+    with pytest.raises(otelres.ConfigError, match="show_details"):
+        wsgi.ResilienceMiddleware(wsgi_app, show_details="yes")  # type: ignore[arg-type]
+
+
+def test_deadline_header_is_off_by_default() -> None:
+    """Without deadline_header, a caller's X-Request-Timeout sets no deadline (WSGI and ASGI)."""
+    _, _, body = call_wsgi(wsgi.ResilienceMiddleware(wsgi_app), "/", X_REQUEST_TIMEOUT="0.005")
+    assert body == b"none"
+    scope = http_scope("/", headers=[(b"x-request-timeout", b"0.005")])
+    _, _, body = asyncio.run(call_asgi(asgi.ResilienceMiddleware(asgi_app), scope))
+    assert body == b"none"
 
 
 def test_wsgi_real_server(wsgi_server: Any, readiness: StubReadiness) -> None:
     """Under a threaded wsgiref server: probe, 503 mapping, concurrent requests keep their deadlines."""
     global _barrier
-    base = wsgi_server(wsgi.ResilienceMiddleware(wsgi_app, readiness=readiness, max_deadline=20.0))
+    base = wsgi_server(
+        wsgi.ResilienceMiddleware(
+            wsgi_app,
+            readiness=readiness,
+            max_deadline=20.0,
+            deadline_header="X-Request-Timeout",
+            show_details=True,
+        )
+    )
     assert requests.get(base + "/readyz", timeout=5).json() == {"status": "ok"}
     answer = requests.get(base + "/open", timeout=5)
     assert (answer.status_code, answer.headers["Retry-After"]) == (503, "3")
@@ -313,13 +359,22 @@ async def call_asgi(app: Any, scope: Scope) -> tuple[int, dict[bytes, bytes], by
 
 def test_asgi_probes(readiness: StubReadiness) -> None:
     """ASGI /readyz awaits evaluate(): JSON, ?verbose text, 503 when failing; the app is not called."""
-    app = asgi.ResilienceMiddleware(asgi_app, readiness=readiness)
+    app = asgi.ResilienceMiddleware(asgi_app, readiness=readiness, show_details=True)
     status, headers, body = asyncio.run(call_asgi(app, http_scope("/readyz")))
     assert (status, headers[b"content-type"], body) == (200, b"application/json", b'{"status": "ok"}')
     readiness.report = StubReport(503)
     status, headers, body = asyncio.run(call_asgi(app, http_scope("/readyz", b"verbose")))
-    assert (status, body) == (503, b"[+]stub failed\n")
+    assert (status, body) == (503, b"[+]stub failed\nreadyz check failed\n")
     assert readiness.calls == 2
+
+
+def test_asgi_readyz_shows_the_overall_status_only_by_default() -> None:
+    """By default ASGI /readyz is {"status": ...} and ?verbose only the last line: no check named."""
+    app = asgi.ResilienceMiddleware(asgi_app, readiness=StubReadiness(StubReport(503)))
+    status, _, body = asyncio.run(call_asgi(app, http_scope("/readyz")))
+    assert (status, body) == (503, b'{"status":"fail"}')
+    status, _, body = asyncio.run(call_asgi(app, http_scope("/readyz", b"verbose")))
+    assert (status, body) == (503, b"readyz check failed\n")
 
 
 def test_asgi_livez(readiness: StubReadiness) -> None:
@@ -331,13 +386,23 @@ def test_asgi_livez(readiness: StubReadiness) -> None:
     assert readiness.calls == 0
 
 
-def test_asgi_circuit_open_becomes_503(caplog: pytest.LogCaptureFixture) -> None:
-    """An uncaught CircuitOpenError becomes 503 with Retry-After >= 1 and the JSON body; one warning."""
-    app = asgi.ResilienceMiddleware(asgi_app)
+@pytest.mark.parametrize(
+    ("show_details", "expected"),
+    [
+        (False, {"error": "dependency unavailable"}),
+        (True, {"error": "dependency unavailable", "dependency": "cache", "retry_after": 1}),
+    ],
+)
+def test_asgi_circuit_open_becomes_503(
+    show_details: bool, expected: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An uncaught CircuitOpenError becomes 503 with Retry-After >= 1 and the JSON body (naming the
+    dependency only with show_details); one warning."""
+    app = asgi.ResilienceMiddleware(asgi_app, show_details=show_details)
     with caplog.at_level(logging.DEBUG, logger="otelres"):
         status, headers, body = asyncio.run(call_asgi(app, http_scope("/open")))
     assert (status, headers[b"retry-after"], headers[b"content-type"]) == (503, b"1", b"application/json")
-    assert json.loads(body) == {"error": "dependency unavailable", "dependency": "cache", "retry_after": 1}
+    assert json.loads(body) == expected
     assert [r.levelno for r in caplog.records if r.name.startswith("otelres")] == [logging.WARNING]
 
 
@@ -353,7 +418,7 @@ def test_asgi_circuit_open_after_start_reraises() -> None:
 )
 def test_asgi_deadline(header: bytes, low: float | None, high: float | None) -> None:
     """The handler's time_left() follows the header, capped by max_deadline; a malformed one is ignored."""
-    app = asgi.ResilienceMiddleware(asgi_app, max_deadline=2.0)
+    app = asgi.ResilienceMiddleware(asgi_app, max_deadline=2.0, deadline_header="X-Request-Timeout")
     scope = http_scope("/", headers=[(b"x-request-timeout", header)])
     _, _, body = asyncio.run(call_asgi(app, scope))
     if low is None:
@@ -365,7 +430,7 @@ def test_asgi_deadline(header: bytes, low: float | None, high: float | None) -> 
 
 def test_asgi_concurrent_requests_keep_their_deadlines() -> None:
     """Two requests in flight together on one loop each see their own header's deadline."""
-    app = asgi.ResilienceMiddleware(asgi_app)
+    app = asgi.ResilienceMiddleware(asgi_app, deadline_header="X-Request-Timeout")
 
     async def both() -> list[tuple[int, dict[bytes, bytes], bytes]]:
         global _both
@@ -407,9 +472,12 @@ def test_asgi_lifespan_and_websocket_pass_through() -> None:
 
 
 def test_asgi_degraded_header() -> None:
-    """Breakers that fell back during the request are named in x-degraded."""
-    _, headers, _ = asyncio.run(call_asgi(asgi.ResilienceMiddleware(asgi_app), http_scope("/degraded")))
+    """Breakers that fell back during the request are named in x-degraded with show_details, else it is 1."""
+    app = asgi.ResilienceMiddleware(asgi_app, show_details=True)
+    _, headers, _ = asyncio.run(call_asgi(app, http_scope("/degraded")))
     assert headers[b"x-degraded"] == b"recommendations"
+    _, headers, _ = asyncio.run(call_asgi(asgi.ResilienceMiddleware(asgi_app), http_scope("/degraded")))
+    assert headers[b"x-degraded"] == b"1"
 
 
 def test_asgi_real_uvicorn(asgi_server: Any, readiness: StubReadiness) -> None:
@@ -417,7 +485,11 @@ def test_asgi_real_uvicorn(asgi_server: Any, readiness: StubReadiness) -> None:
     global _both
     _seen.clear()
     _together.clear()
-    base = asgi_server(asgi.ResilienceMiddleware(asgi_app, readiness=readiness, max_deadline=20.0))
+    base = asgi_server(
+        asgi.ResilienceMiddleware(
+            asgi_app, readiness=readiness, max_deadline=20.0, deadline_header="X-Request-Timeout"
+        )
+    )
     assert _seen == ["lifespan.startup"]
     assert requests.get(base + "/readyz", timeout=5).json() == {"status": "ok"}
     answer = requests.get(base + "/open", timeout=5)
@@ -437,8 +509,10 @@ def test_asgi_real_uvicorn(asgi_server: Any, readiness: StubReadiness) -> None:
     assert 9.0 < got[1] <= 10.0
 
 
-def test_a_real_fallback_names_its_breaker_in_x_degraded() -> None:
-    """A Resilience call that returns its fallback during a request puts its breaker in X-Degraded."""
+@pytest.mark.parametrize(("show_details", "header"), [(False, "1"), (True, "https://recs.internal:443")])
+def test_a_real_fallback_names_its_breaker_in_x_degraded(show_details: bool, header: str) -> None:
+    """A Resilience call that returns its fallback during a request sets X-Degraded: its breaker's
+    name with show_details, else 1."""
     recommendations = otelres.Resilience(
         "https://recs.internal:443",
         breaker=otelres.BreakerPolicy(),
@@ -451,7 +525,7 @@ def test_a_real_fallback_names_its_breaker_in_x_degraded() -> None:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [", ".join(items).encode()]
 
-    status, headers, body = call_wsgi(wsgi.ResilienceMiddleware(app), "/product")
+    status, headers, body = call_wsgi(wsgi.ResilienceMiddleware(app, show_details=show_details), "/product")
     assert status.startswith("200")
     assert body == b"popular items"
-    assert headers["X-Degraded"] == "https://recs.internal:443"
+    assert headers["X-Degraded"] == header
