@@ -136,7 +136,7 @@ def make_wsgi() -> Callable[..., Any]:
     if config == "otelres":
         from otelres.wsgi import ResilienceMiddleware  # noqa: PLC0415
 
-        app = ResilienceMiddleware(app)
+        app = ResilienceMiddleware(app, deadline_header="X-Request-Timeout")
     return app
 
 
@@ -164,7 +164,7 @@ def make_asgi() -> Callable[..., Any]:
     if config == "otelres":
         from otelres.asgi import ResilienceMiddleware  # noqa: PLC0415
 
-        app = ResilienceMiddleware(app)
+        app = ResilienceMiddleware(app, deadline_header="X-Request-Timeout")
     return app
 
 

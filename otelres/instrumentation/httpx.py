@@ -75,7 +75,9 @@ def _carry_request(rejected: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
 def _deadline_exceeded(request: Any) -> Exception:
     import httpx  # noqa: PLC0415
 
-    return httpx.TimeoutException(DEADLINE_EXCEEDED, request=request)
+    error = httpx.TimeoutException(DEADLINE_EXCEEDED, request=request)
+    mark_caller_deadline(error)  # no time left: the deadline's doing, never the dependency's
+    return error
 
 
 class _Capping:

@@ -132,7 +132,9 @@ def _cut(timeout: Any, left: float) -> bool:
 def _deadline_exceeded() -> Exception:
     import requests  # noqa: PLC0415 - imported by whoever called Session.request
 
-    return requests.exceptions.Timeout(DEADLINE_EXCEEDED)
+    error = requests.exceptions.Timeout(DEADLINE_EXCEEDED)
+    mark_caller_deadline(error)  # no time left: the deadline's doing, never the dependency's
+    return error
 
 
 def _within_deadline(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
