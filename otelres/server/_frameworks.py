@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
@@ -41,12 +42,12 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from wrapt import register_post_import_hook
 
-from otelres._errors import CircuitOpenError
+from otelres._errors import CircuitOpenError, OtelresError
 from otelres._patches import Patches
 from otelres.server._core import circuit_open_response, details_shown, log_rejected
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable
+    from collections.abc import Callable, Collection, Iterable, Mapping
 
 __all__ = ["FrameworksInstrumentor"]
 
@@ -114,13 +115,42 @@ async def _starlette_handler(conn: Any, exc: Exception) -> Any:
     return response_class(body, status_code=status, headers=dict(headers))
 
 
+def _app_handler(handlers: Mapping[Any, Any], error: BaseException) -> Any:
+    """The app's handler for a class a rejection also is (a patched client's rejection is
+    ``httpx.ConnectError`` or ``requests.ConnectionError`` too) short of ``Exception``, or None.
+
+    Starlette walks the error's MRO, where otelres's handler for ``CircuitOpenError``
+    comes first; Flask lets the app's handler for ``requests.RequestException`` answer.
+    This keeps the two alike: the app's own except-style handler wins.
+    """
+    for cls in type(error).__mro__:
+        if cls in _GENERIC:
+            return None
+        if issubclass(cls, OtelresError):
+            continue
+        found = handlers.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
 def _starlette_exception_middleware_init(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     wrapped(*args, **kwargs)
     handlers = args[1] if len(args) > 1 else kwargs.get("handlers")
-    if not _handles(handlers or (), CircuitOpenError):
-        instance.add_exception_handler(CircuitOpenError, _starlette_handler)
+    if _handles(handlers or (), CircuitOpenError):
+        return
+    registered: Mapping[Any, Any] = getattr(instance, "_exception_handlers", {})
+
+    async def handler(conn: Any, exc: Exception) -> Any:
+        own = _app_handler(registered, exc)
+        if own is None:
+            return await _starlette_handler(conn, exc)
+        answer = own(conn, exc)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    instance.add_exception_handler(CircuitOpenError, handler)
 
 
 # --- the instrumentor ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from otelres import CircuitOpenError, asgi, wsgi
 from otelres._errors import OtelresError
+from otelres.instrumentation._rejections import rejection_class
 from otelres.server._frameworks import FrameworksInstrumentor
 
 with warnings.catch_warnings():
@@ -286,3 +287,40 @@ def test_instrument_twice_patches_once() -> None:
         FrameworksInstrumentor().uninstrument()
     for owner, name in targets:
         assert not hasattr(vars(owner)[name], "__wrapped__")
+
+
+def _fail_as_httpx_client() -> None:
+    """A rejection as the patched httpx client raises it: CircuitOpenError and httpx.ConnectError."""
+    rejection = rejection_class("httpx")
+    raise rejection("payments", 2.3)
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_asgi_apps_handler_for_the_client_error_wins_like_flask(
+    instrumented: FrameworksInstrumentor, framework: str
+) -> None:
+    """An app handler for httpx.HTTPError answers a patched client's rejection (it is an
+    httpx.ConnectError too), as Flask's handler for requests.RequestException does; without one
+    the 503 mapping answers."""
+    import httpx  # noqa: PLC0415 - the client library of this test only
+
+    async def mine(request: Any, exc: Exception) -> PlainTextResponse:
+        return PlainTextResponse("cached", status_code=200)
+
+    async def route(request: Any) -> Any:
+        _fail_as_httpx_client()
+
+    if framework == "starlette":
+        app: Any = Starlette(routes=[Route("/fail", route)], exception_handlers={httpx.HTTPError: mine})
+        bare: Any = Starlette(routes=[Route("/fail", route)])
+    else:
+        app = FastAPI()
+        app.add_api_route("/fail", _fail_as_httpx_client)
+        app.add_exception_handler(httpx.HTTPError, mine)
+        bare = FastAPI()
+        bare.add_api_route("/fail", _fail_as_httpx_client)
+    with TestClient(app) as client:
+        response = client.get("/fail")
+        assert (response.status_code, response.text) == (200, "cached")
+    with TestClient(bare) as client:
+        assert client.get("/fail").status_code == 503
