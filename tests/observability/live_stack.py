@@ -151,7 +151,7 @@ def one_round(n):
         api.call(endpoint())  # success
     api.call(endpoint(ConnectionError("refused")))  # retried: connect
     api.call(endpoint(TimeoutError("timed out")))  # retried: timeout
-    api.call(endpoint(RuntimeError("500")))  # retried: error
+    api.call(endpoint(OSError("500")))  # retried: error (a dependency error neither connect nor timeout)
     api.call(endpoint("busy"))  # retried: result
     if n % 10 == 0:
         quietly(api, endpoint(*[ConnectionError("refused")] * 3))  # failure: retries exhausted
