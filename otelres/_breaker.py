@@ -507,9 +507,13 @@ def settle(
     started: float,
     exc: BaseException | None,
     result: Any = None,
+    *,
+    inner_failed: bool = False,
 ) -> bool | None:
     """Judge an attempt's outcome by ``policy`` and record it with ``breaker``;
-    returns the verdict (None: it counts neither way).
+    returns the verdict (None: it counts neither way). ``inner_failed``: a call
+    made inside the attempt through the same breaker already judged it a failure
+    (it rode on this attempt, which records it once).
 
     The policy is the caller's: callers that share a breaker (a decorator and a
     patched client naming one dependency) each judge their own attempts. The
@@ -518,7 +522,7 @@ def settle(
     breaker; the predicate's error then propagates.
     """
     try:
-        failed = policy.judge(exc, result)
+        failed = True if inner_failed else policy.judge(exc, result)
     except BaseException:
         breaker.record(token, True, started)  # noqa: FBT003
         raise

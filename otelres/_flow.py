@@ -53,7 +53,9 @@ __all__ = [
     "RERAISE",
     "Flow",
     "Guard",
+    "InnerFailure",
     "current_attempt",
+    "enclosing",
     "mark_no_retry",
     "testing_state",
 ]
@@ -77,11 +79,35 @@ RERAISE: Final = _Step("RERAISE")
 
 _ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("otelres_attempt", default=1)
 
-#: The guard whose attempt is running in this context (None outside every otelres call).
-#: A call made inside it reads it: one retry layer (a patched client inside a
-#: ``@resilient`` function makes one attempt per outer attempt) and one permit per
-#: breaker (a call through the same breaker rides on the outer attempt's permit).
-ENCLOSING: contextvars.ContextVar[Guard | None] = contextvars.ContextVar("otelres_enclosing", default=None)
+#: The guard whose attempt is running in this context (None outside every otelres call),
+#: or an :class:`InnerFailure` an inner call left there. A call made inside it reads it:
+#: one retry layer (a patched client inside a ``@resilient`` function makes one attempt
+#: per outer attempt) and one permit and one count per breaker (a call through the same
+#: breaker rides on the outer attempt, which records the attempt once).
+ENCLOSING: contextvars.ContextVar[Guard | InnerFailure | None] = contextvars.ContextVar(
+    "otelres_enclosing", default=None
+)
+
+
+class InnerFailure:
+    """Left in :data:`ENCLOSING` by a call that rode on the enclosing attempt (same
+    breaker) and judged its own outcome a failure (a patched client's 503 returned to a
+    ``@resilient`` function as a response): the enclosing attempt records a failure,
+    whatever its own predicates say of what it got back. The driver of the enclosing
+    attempt reads it before it resets the variable, so it never outlives the attempt.
+    """
+
+    __slots__ = ("guard",)
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+
+def enclosing() -> Guard | None:
+    """The guard of the attempt this code runs in, if any."""
+    found = ENCLOSING.get()
+    return found.guard if isinstance(found, InnerFailure) else found
+
 
 #: The attribute an error (or a result) carries out of a call that must not be repeated:
 #: the reason, which binds every enclosing otelres call too.
@@ -313,7 +339,7 @@ class Flow:
             raise self.rejection
         return self.value
 
-    def resume(self, token: int, started: float, exc: BaseException) -> object:
+    def resume(self, token: int, started: float, exc: BaseException, inner_failed: bool = False) -> object:
         """Take over a call whose first attempt a driver ran on its own (admitted
         with ``token`` at ``started``) and that raised ``exc``: as :meth:`failed`.
         """
@@ -321,13 +347,17 @@ class Flow:
         self._attempt_started = self.started = started
         self._previous_delay = 0.0
         self.attempts = 1
-        return self.failed(exc)
+        return self.failed(exc, inner_failed)
 
-    def failed(self, exc: BaseException) -> object:
-        """The attempt raised ``exc``: DONE, RERAISE, or the delay before the next attempt."""
+    def failed(self, exc: BaseException, inner_failed: bool = False) -> object:
+        """The attempt raised ``exc``: DONE, RERAISE, or the delay before the next attempt.
+        ``inner_failed``: a call inside the attempt, through the same breaker, judged it a failure.
+        """
         guard = self.guard
         try:
-            failed = settle(guard.breaker, guard.judge, self._token, self._attempt_started, exc)
+            failed = settle(
+                guard.breaker, guard.judge, self._token, self._attempt_started, exc, inner_failed=inner_failed
+            )
         finally:
             self._end_retry()
         if guard.retry.should_retry(exc):
@@ -336,12 +366,12 @@ class Flow:
                 return delay
         return self._give_up(exc, failed)
 
-    def returned(self, result: Any) -> object:
+    def returned(self, result: Any, inner_failed: bool = False) -> object:
         """The attempt returned ``result``: DONE, or the delay before the next attempt."""
         guard = self.guard
         if guard.plain_results:
             # Neither breaker, retry nor fallback looks at results: the common case.
-            guard.record(self._token, False, self._attempt_started)  # noqa: FBT003 - hot path
+            guard.record(self._token, inner_failed, self._attempt_started)
             if self._retry_slot:
                 self._end_retry()
             self.outcome = "success"
@@ -349,7 +379,15 @@ class Flow:
             return DONE
         try:
             failed = bool(
-                settle(guard.breaker, guard.judge, self._token, self._attempt_started, None, result)
+                settle(
+                    guard.breaker,
+                    guard.judge,
+                    self._token,
+                    self._attempt_started,
+                    None,
+                    result,
+                    inner_failed=inner_failed,
+                )
             )
         finally:
             self._end_retry()

@@ -17,11 +17,21 @@ import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 
 from . import _events
-from ._breaker import REJECTED
-from ._flow import DONE, ENCLOSING, RERAISE, Flow, Guard, mark_no_retry, testing_state
+from ._breaker import REJECTED, State
+from ._flow import (
+    DONE,
+    ENCLOSING,
+    RERAISE,
+    Flow,
+    Guard,
+    InnerFailure,
+    enclosing,
+    mark_no_retry,
+    testing_state,
+)
 from ._registry import default_registry
 
 if TYPE_CHECKING:
@@ -40,29 +50,69 @@ _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _ride(fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any], no_retry: str | None) -> _T:
-    """A call inside a call through the same breaker: its attempt is the outer one's,
-    under that permit; the outer call judges it and decides on retries (a second
-    permit would be refused in half-open, and nothing would ever probe).
+def _judge_inside(
+    guard: Guard, outer: Guard, exc: BaseException | None, result: Any, no_retry: str | None
+) -> None:
+    """Hand the enclosing attempt this call's verdict: a failure by this caller's own
+    predicates is left in :data:`ENCLOSING` for it to record; a call that must not be
+    repeated marks its error so that no enclosing layer repeats it.
     """
+    if exc is not None and no_retry is not None:
+        mark_no_retry(exc, no_retry)
     try:
-        return fn(*args, **kwargs)
+        failed = guard.judge.judge(exc, result)
+    except Exception:  # noqa: BLE001 - a predicate's bug is the cautious reading: a failure
+        failed = True
+    if failed:
+        ENCLOSING.set(InnerFailure(outer))
+
+
+def _ride(
+    guard: Guard,
+    outer: Guard,
+    fn: Callable[..., _T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    no_retry: str | None,
+) -> _T:
+    """A call inside an attempt through the same breaker (a patched client inside a
+    ``@resilient`` function naming its dependency): one attempt, under the enclosing
+    attempt's permit (a second permit would be refused in half-open, and nothing would
+    ever probe), counted once, by the enclosing attempt, with this call's verdict if
+    it is a failure. An open breaker still rejects it.
+    """
+    if guard.breaker.state in _REJECTING:
+        raise guard.rejected()
+    try:
+        result = fn(*args, **kwargs)
     except BaseException as exc:
-        if no_retry is not None:
-            mark_no_retry(exc, no_retry)
+        _judge_inside(guard, outer, exc, None, no_retry)
         raise
+    _judge_inside(guard, outer, None, result, no_retry)
+    return result
 
 
 async def _aride(
-    fn: Callable[..., Awaitable[_T]], args: tuple[Any, ...], kwargs: dict[str, Any], no_retry: str | None
+    guard: Guard,
+    outer: Guard,
+    fn: Callable[..., Awaitable[_T]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    no_retry: str | None,
 ) -> _T:
     """The async :func:`_ride`."""
+    if guard.breaker.state in _REJECTING:
+        raise guard.rejected()
     try:
-        return await fn(*args, **kwargs)
+        result = await fn(*args, **kwargs)
     except BaseException as exc:
-        if no_retry is not None:
-            mark_no_retry(exc, no_retry)
+        _judge_inside(guard, outer, exc, None, no_retry)
         raise
+    _judge_inside(guard, outer, None, result, no_retry)
+    return result
+
+
+_REJECTING = (State.OPEN, State.FORCED_OPEN)
 
 
 def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra call
@@ -76,11 +126,12 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
 
     ``no_retry`` names why this call must not be repeated (``not_idempotent``,
     ``not_replayable``): a retry that would have been made is then counted as
-    suppressed for that reason.
+    suppressed for that reason. Inside another otelres call's attempt the call makes
+    one attempt (one retry layer); through the same breaker it rides on that attempt.
     """
-    outer = ENCLOSING.get()
+    outer = enclosing()
     if outer is not None and outer.breaker is guard.breaker:
-        return _ride(fn, args, kwargs, no_retry)
+        return _ride(guard, outer, fn, args, kwargs, no_retry)
     if guard.fast and not _events.call_listeners:
         # The first admission, without a Flow.
         token = guard.acquire()
@@ -93,20 +144,27 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-            flow = Flow(guard, args, kwargs, no_retry, outer)
-            step = flow.resume(token, started, exc)
+            first: BaseException | None = exc
         else:
-            guard.record(token, False, started)  # noqa: FBT003 - hot path
-            return result
+            first = None
         finally:
+            # A call through the same breaker inside this attempt may have judged it a failure.
+            inner_failed = ENCLOSING.get() is not guard
             ENCLOSING.reset(entered)
             in_flight.pop()
+        if first is None:
+            guard.record(token, inner_failed, started)
+            return result
+        flow = Flow(guard, args, kwargs, no_retry, outer)
+        step: object = _RESUME
     elif not guard.enabled:
         return fn(*args, **kwargs)
     else:
         flow = Flow(guard, args, kwargs, no_retry, outer)
         step = None
     try:
+        if step is _RESUME:
+            step = flow.resume(token, started, first, inner_failed)  # type: ignore[arg-type] # set with it
         while True:
             if step is None:
                 if not flow.admit():
@@ -114,16 +172,18 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
                 entered = ENCLOSING.set(guard)
                 try:
                     result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    step = flow.failed(exc)
-                    if step is RERAISE:
-                        raise
+                except BaseException as exc:  # noqa: BLE001 - judged below, outside this attempt
+                    error: BaseException | None = exc
                 else:
-                    step = flow.returned(result)
+                    error = None
                 finally:
+                    inner_failed = ENCLOSING.get() is not guard
                     ENCLOSING.reset(entered)
-            elif step is RERAISE:
-                raise flow.error  # type: ignore[misc] # the first attempt's exception
+                step = (
+                    flow.returned(result, inner_failed) if error is None else flow.failed(error, inner_failed)
+                )
+            if step is RERAISE:
+                raise flow.error  # type: ignore[misc] # the attempt's exception
             if step is DONE:
                 return flow.value  # type: ignore[no-any-return]
             if testing_state.sleep:
@@ -133,7 +193,7 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
         flow.close()
 
 
-async def arun(  # noqa: PLR0915 - as run
+async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra call
     guard: Guard,
     fn: Callable[..., Awaitable[_T]],
     args: tuple[Any, ...],
@@ -141,10 +201,11 @@ async def arun(  # noqa: PLR0915 - as run
     no_retry: str | None = None,
 ) -> _T:
     """The async driver: :func:`run` awaiting ``fn`` and the delays, the same loop."""
-    outer = ENCLOSING.get()
+    outer = enclosing()
     if outer is not None and outer.breaker is guard.breaker:
-        return await _aride(fn, args, kwargs, no_retry)
+        return await _aride(guard, outer, fn, args, kwargs, no_retry)
     if guard.fast and not _events.call_listeners:
+        # The first admission, without a Flow.
         token = guard.acquire()
         if token == REJECTED:
             raise guard.rejected()
@@ -155,37 +216,46 @@ async def arun(  # noqa: PLR0915 - as run
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-            flow = Flow(guard, args, kwargs, no_retry, outer)
-            step = flow.resume(token, started, exc)
+            first: BaseException | None = exc
         else:
-            guard.record(token, False, started)  # noqa: FBT003 - hot path
-            return result
+            first = None
         finally:
+            # A call through the same breaker inside this attempt may have judged it a failure.
+            inner_failed = ENCLOSING.get() is not guard
             ENCLOSING.reset(entered)
             in_flight.pop()
+        if first is None:
+            guard.record(token, inner_failed, started)
+            return result
+        flow = Flow(guard, args, kwargs, no_retry, outer)
+        step: object = _RESUME
     elif not guard.enabled:
         return await fn(*args, **kwargs)
     else:
         flow = Flow(guard, args, kwargs, no_retry, outer)
         step = None
     try:
+        if step is _RESUME:
+            step = flow.resume(token, started, first, inner_failed)  # type: ignore[arg-type] # set with it
         while True:
             if step is None:
                 if not flow.admit():
-                    return flow.end()  # type: ignore[no-any-return]
+                    return flow.end()  # type: ignore[no-any-return] # the fallback, or raises the rejection
                 entered = ENCLOSING.set(guard)
                 try:
                     result = await fn(*args, **kwargs)
-                except BaseException as exc:
-                    step = flow.failed(exc)
-                    if step is RERAISE:
-                        raise
+                except BaseException as exc:  # noqa: BLE001 - judged below, outside this attempt
+                    error: BaseException | None = exc
                 else:
-                    step = flow.returned(result)
+                    error = None
                 finally:
+                    inner_failed = ENCLOSING.get() is not guard
                     ENCLOSING.reset(entered)
-            elif step is RERAISE:
-                raise flow.error  # type: ignore[misc]
+                step = (
+                    flow.returned(result, inner_failed) if error is None else flow.failed(error, inner_failed)
+                )
+            if step is RERAISE:
+                raise flow.error  # type: ignore[misc] # the attempt's exception
             if step is DONE:
                 return flow.value  # type: ignore[no-any-return]
             if testing_state.sleep:
@@ -193,6 +263,10 @@ async def arun(  # noqa: PLR0915 - as run
             step = None
     finally:
         flow.close()
+
+
+#: The loop's first step after the unrolled first attempt failed: hand it to the Flow.
+_RESUME: Final = object()
 
 
 class Resilience:
@@ -339,7 +413,7 @@ class Resilience:
         if not guard.enabled:
             yield Attempt(None)
             return
-        flow = Flow(guard, (), {}, None, ENCLOSING.get())
+        flow = Flow(guard, (), {}, None, enclosing())
         try:
             while flow.admit():
                 attempt = Attempt(flow)
@@ -395,7 +469,7 @@ class Attempt:
         self.number = flow.attempts if flow is not None else 1
         #: What the flow decided when the block ended (DONE, RERAISE or a delay).
         self.step: object = DONE
-        self._entered: contextvars.Token[Guard | None] | None = None
+        self._entered: contextvars.Token[Guard | InnerFailure | None] | None = None
 
     def __enter__(self) -> Attempt:  # noqa: PYI034 - a slotted final helper; Self needs 3.11
         if self._flow is not None:
@@ -412,13 +486,15 @@ class Attempt:
         flow = self._flow
         if flow is None:
             return False
+        inner_failed = False
         if self._entered is not None:
+            inner_failed = ENCLOSING.get() is not flow.guard
             ENCLOSING.reset(self._entered)
             self._entered = None
         if exc is None:
-            self.step = flow.returned(None)
+            self.step = flow.returned(None, inner_failed)
             return False
-        self.step = flow.failed(exc)
+        self.step = flow.failed(exc, inner_failed)
         # Swallow the exception only to retry; DONE here is a fallback, which a
         # block cannot return, so the exception goes on.
         return self.step is not DONE and self.step is not RERAISE

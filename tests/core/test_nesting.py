@@ -134,3 +134,51 @@ def test_the_gave_up_note_is_added_once(clock: FakeClock) -> None:
             outer.call(fail)
     notes = [note for note in getattr(error, "__notes__", []) if note.startswith("otelres")]
     assert notes == (["otelres: outer: gave up after 3 attempts"] if sys.version_info >= (3, 11) else [])
+
+
+def test_a_riding_call_passes_its_failure_verdict_to_the_enclosing_attempt(clock: FakeClock) -> None:
+    """An inner call through the same breaker whose own predicates call a returned value a failure
+    (a 503 response) makes the enclosing attempt count as a failure, once: the circuit opens on the
+    configured number of such calls, not on half of it."""
+    policy = otelres.BreakerPolicy(consecutive_failures=3)
+    breaker = otelres.CircuitBreaker("http://api:80", policy, clock=clock)
+    outer = otelres.Resilience("http://api:80", breaker=breaker, retry=otelres.RetryPolicy(attempts=1))
+    inner = otelres.Resilience(
+        "http://api:80",
+        breaker=breaker.policy.evolve(failure_result=lambda status: status >= 500),
+        clock=clock,
+    )
+    inner_guard = otelres.Guard(breaker, inner.budget, otelres.RetryPolicy(), judge=inner.guard.judge)
+    from otelres._resilience import run  # noqa: PLC0415 - the driver, with a guard of its own
+
+    for calls in range(1, 4):
+        assert outer.call(lambda: run(inner_guard, lambda: 503, (), {})) == 503
+        assert breaker.stats().failures == calls
+    assert breaker.state is otelres.State.OPEN
+
+
+def test_a_raising_predicate_leaks_no_budget_slot(clock: FakeClock) -> None:
+    """A retry predicate that raises on the fast path's failure still ends the call's budget count."""
+
+    def broken(exc: BaseException) -> bool:
+        raise RuntimeError("predicate bug")
+
+    res = otelres.Resilience("dep", clock=clock, retry=otelres.RetryPolicy(retry_on=broken))
+    for _ in range(5):
+        with pytest.raises(RuntimeError, match="predicate bug"):
+            res.call(Dependency())
+    assert res.budget.calls_in_flight == 0
+
+
+def test_a_fallback_runs_outside_the_attempt(clock: FakeClock) -> None:
+    """A fallback that calls another dependency is not inside the failed attempt: its own retries run."""
+    backup = otelres.Resilience("backup", clock=clock, retry=FAST)
+    backup_dep = Dependency(ok_after=2)
+    primary = otelres.Resilience(
+        "primary",
+        clock=clock,
+        retry=otelres.RetryPolicy(attempts=1),
+        fallback=otelres.Fallback.call(lambda _error: backup.call(backup_dep)),
+    )
+    assert primary.call(Dependency()) == "ok"
+    assert backup_dep.attempts == 3

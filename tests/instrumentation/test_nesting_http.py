@@ -113,3 +113,24 @@ def test_client_verdict_kept_when_a_decorator_named_the_destination_first(
             answered += 1
     assert answered == 20  # opened once minimum_calls failures were seen
     assert otelres.default_registry().get(server.breaker).state is otelres.State.OPEN
+
+
+def test_503s_returned_through_a_decorator_on_the_destination_open_the_circuit(
+    server: FlakyServer, instrument: Callable[..., None]
+) -> None:
+    """A decorator naming the destination around a requests.get that returns its 503 responses:
+    the client's own verdict (a 503 is a failure) reaches the shared breaker, counted once per call."""
+    instrument(retry_attempts=1, breaker_minimum_calls=20)
+
+    @otelres.resilient(server.breaker, retry=otelres.RetryPolicy(attempts=1))
+    def fetch() -> int:
+        return requests.get(server.url + "/x", timeout=5).status_code
+
+    server.script(*[503] * 40)
+    answered = 0
+    with pytest.raises(otelres.CircuitOpenError):
+        for _ in range(40):
+            assert fetch() == 503
+            answered += 1
+    assert answered == 20
+    assert server.count() == 20
