@@ -52,6 +52,20 @@ def caused_by_caller_deadline(exc: BaseException) -> bool:
 MAX_DEADLINE = 86400.0
 
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("otelres_deadline", default=None)
+#: The deadline an untrusted caller asked for (a request header), when it is the binding one.
+_CALLER: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "otelres_caller_deadline", default=None
+)
+
+
+def caller_deadline_binds() -> bool:
+    """Whether the deadline in force is one an untrusted caller set (a request header
+    shorter than the service's own): a timeout it causes is the caller's doing. A
+    deadline the application or the operator set is the service's own budget, and a
+    dependency too slow for it is a failing dependency.
+    """
+    caller = _CALLER.get()
+    return caller is not None and caller == _DEADLINE.get()
 
 
 def current_deadline() -> float | None:
@@ -66,11 +80,13 @@ def time_left(clock: Clock = MONOTONIC) -> float | None:
 
 
 @contextlib.contextmanager
-def deadline(seconds: float, *, clock: Clock = MONOTONIC) -> Iterator[float]:
+def deadline(seconds: float, *, clock: Clock = MONOTONIC, caller: bool = False) -> Iterator[float]:
     """Bound the retries made inside the block to ``seconds`` from now.
 
     Nested deadlines never extend an outer one. Yields the absolute deadline.
     ``seconds`` must be a finite number from 0 to :data:`MAX_DEADLINE` (a day).
+    ``caller=True`` says an untrusted caller asked for it (the middleware's
+    deadline header): timeouts it causes never count against a breaker.
     """
     if (
         isinstance(seconds, bool)
@@ -84,7 +100,10 @@ def deadline(seconds: float, *, clock: Clock = MONOTONIC) -> Iterator[float]:
     if outer is not None:
         limit = min(limit, outer)
     token = _DEADLINE.set(limit)
+    caller_token = _CALLER.set(limit) if caller and limit != outer else None
     try:
         yield limit
     finally:
+        if caller_token is not None:
+            _CALLER.reset(caller_token)
         _DEADLINE.reset(token)

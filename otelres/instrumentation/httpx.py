@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from otelres._deadline import mark_caller_deadline, time_left
+from otelres._deadline import caller_deadline_binds, mark_caller_deadline, time_left
 
 from ._common import Patches, acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
 from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, cut_by_deadline, plan_request
@@ -76,7 +76,8 @@ def _deadline_exceeded(request: Any) -> Exception:
     import httpx  # noqa: PLC0415
 
     error = httpx.TimeoutException(DEADLINE_EXCEEDED, request=request)
-    mark_caller_deadline(error)  # no time left: the deadline's doing, never the dependency's
+    if caller_deadline_binds():
+        mark_caller_deadline(error)  # no time left under a caller's own deadline
     return error
 
 
@@ -97,19 +98,30 @@ class _Capping:
         # Absent, ``send`` would use the client's timeout: the same starting point.
         self.timeouts: dict[str, Any] = dict(found if isinstance(found, dict) else instance.timeout.as_dict())
 
-    def apply(self) -> bool:
-        """Before an attempt: cap its timeouts, or raise if no time is left; True when
-        the time left is shorter than one of the request's own timeouts (a timeout of
-        this attempt is then the deadline's doing).
+    def apply(self) -> float | None:
+        """Before an attempt: cap its timeouts, or raise if no time is left; the time
+        left when the deadline in force is an untrusted caller's (see :meth:`cut`), else None.
         """
         left = time_left()
         if left is None:
-            return False
+            return None
         if left <= 0:
             raise _deadline_exceeded(self.request)
         capped = {key: cap_timeout(value, left) for key, value in self.timeouts.items()}
         self.request.extensions = {**self.extensions, "timeout": capped}
-        return any(cut_by_deadline(value, left) for value in self.timeouts.values())
+        return left if caller_deadline_binds() else None
+
+    def cut(self, exc: BaseException, left: float) -> bool:
+        """Whether the caller's deadline (``left`` seconds) cut the timeout that fired short."""
+        kind = {
+            "ConnectTimeout": "connect",
+            "ReadTimeout": "read",
+            "WriteTimeout": "write",
+            "PoolTimeout": "pool",
+        }
+        key = next((kind[cls.__name__] for cls in type(exc).__mro__ if cls.__name__ in kind), None)
+        values = [self.timeouts.get(key)] if key is not None else list(self.timeouts.values())
+        return any(cut_by_deadline(value, left) for value in values)
 
     def restore(self) -> None:
         """After the call: the request's own extensions again."""
@@ -141,12 +153,14 @@ def _guarded_send(
     import httpx  # noqa: PLC0415 - imported by whoever called send
 
     def attempt(*call_args: Any, **call_kwargs: Any) -> Any:
-        if not capping.apply():
+        left = capping.apply()
+        if left is None:
             return wrapped(*call_args, **call_kwargs)
         try:
             return wrapped(*call_args, **call_kwargs)
         except httpx.TimeoutException as exc:
-            mark_caller_deadline(exc)  # the deadline, not the request's own timeout, ran out
+            if capping.cut(exc, left):
+                mark_caller_deadline(exc)  # the caller's deadline, not the request's own timeout, ran out
             raise
 
     try:
@@ -179,12 +193,14 @@ async def _aguarded_send(
     import httpx  # noqa: PLC0415 - imported by whoever called send
 
     async def attempt(*call_args: Any, **call_kwargs: Any) -> Any:
-        if not capping.apply():
+        left = capping.apply()
+        if left is None:
             return await wrapped(*call_args, **call_kwargs)
         try:
             return await wrapped(*call_args, **call_kwargs)
         except httpx.TimeoutException as exc:
-            mark_caller_deadline(exc)  # the deadline, not the request's own timeout, ran out
+            if capping.cut(exc, left):
+                mark_caller_deadline(exc)  # the caller's deadline, not the request's own timeout, ran out
             raise
 
     try:

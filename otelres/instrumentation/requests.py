@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from otelres._deadline import mark_caller_deadline, time_left
+from otelres._deadline import caller_deadline_binds, mark_caller_deadline, time_left
 
 from ._common import Patches, call_inside, ensure_telemetry, marking_resend, should_wrap
 from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, cut_by_deadline, plan_request
@@ -122,10 +122,12 @@ def _capped(timeout: Any, left: float) -> Any:
     return cap_timeout(timeout, left)
 
 
-def _cut(timeout: Any, left: float) -> bool:
-    """Whether ``left`` seconds cuts ``timeout`` (seconds, None, or a pair) short."""
+def _cut(timeout: Any, left: float, *, connect: bool) -> bool:
+    """Whether ``left`` seconds cut the timeout that fired (the connect or the read
+    part of ``timeout``: seconds, None, or a pair) short.
+    """
     if isinstance(timeout, tuple) and len(timeout) == 2:
-        return cut_by_deadline(timeout[0], left) or cut_by_deadline(timeout[1], left)
+        timeout = timeout[0] if connect else timeout[1]
     return cut_by_deadline(timeout, left)
 
 
@@ -133,7 +135,8 @@ def _deadline_exceeded() -> Exception:
     import requests  # noqa: PLC0415 - imported by whoever called Session.request
 
     error = requests.exceptions.Timeout(DEADLINE_EXCEEDED)
-    mark_caller_deadline(error)  # no time left: the deadline's doing, never the dependency's
+    if caller_deadline_binds():
+        mark_caller_deadline(error)  # no time left under a caller's own deadline
     return error
 
 
@@ -153,14 +156,17 @@ def _within_deadline(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             call_args = (*call_args[:_TIMEOUT_POSITION], capped, *call_args[_TIMEOUT_POSITION + 1 :])
         else:
             call_kwargs["timeout"] = capped
-        if not _cut(timeout, left):
+        if not caller_deadline_binds():
+            # The service's own deadline (the application's, the operator's): a dependency
+            # too slow for it is a failing dependency.
             return wrapped(*call_args, **call_kwargs)
         import requests  # noqa: PLC0415 - imported by whoever called Session.request
 
         try:
             return wrapped(*call_args, **call_kwargs)
         except requests.Timeout as exc:
-            mark_caller_deadline(exc)  # the deadline, not the attempt's own timeout, ran out
+            if _cut(timeout, left, connect=isinstance(exc, requests.ConnectTimeout)):
+                mark_caller_deadline(exc)  # the caller's deadline, not the attempt's own timeout, ran out
             raise
 
     return attempt

@@ -356,6 +356,17 @@ class RequestRules:
         Never raises, whatever the header holds: a value that is not a plain
         number of seconds > 0 is counted and ignored.
         """
+        return self.request_deadline(header)[0]
+
+    def request_deadline(self, header: str | None) -> tuple[float | None, bool]:
+        """:meth:`deadline_for`, and whether the caller's header made it shorter than
+        the service's own (then its timeouts are the caller's doing, not the dependency's).
+        """
+        seconds = self._deadline_for(header)
+        own = self.deadline if self.deadline is not None else self.max_deadline
+        return seconds, seconds is not None and header is not None and seconds < min(own, self.max_deadline)
+
+    def _deadline_for(self, header: str | None) -> float | None:
         asked = parse_deadline(header)
         if asked is None and header is not None:
             with self._lock:

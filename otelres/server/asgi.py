@@ -66,7 +66,7 @@ class ResilienceMiddleware(Middleware["ASGIApp"]):
                 if name.lower() == key:
                     header = value.decode("latin-1")
                     break
-        seconds = rules.deadline_for(header)
+        seconds, caller = rules.request_deadline(header)
         started = False
 
         with degraded_parts() as degraded, showing_details(rules.show_details):
@@ -85,7 +85,7 @@ class ResilienceMiddleware(Middleware["ASGIApp"]):
                 if seconds is None:
                     await self.app(scope, receive, send_wrapper)
                 else:
-                    with _deadline(seconds):
+                    with _deadline(seconds, caller=caller):
                         await self.app(scope, receive, send_wrapper)
             except CircuitOpenError as error:
                 if started:

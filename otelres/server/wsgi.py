@@ -54,7 +54,7 @@ class ResilienceMiddleware(Middleware["WSGIApp"]):
             report = rules.readiness.evaluate_sync()
             return _answer(rules.ready_response(report, environ.get("QUERY_STRING", "")), start_response)
         key = rules.environ_key
-        seconds = rules.deadline_for(environ.get(key) if key is not None else None)
+        seconds, caller = rules.request_deadline(environ.get(key) if key is not None else None)
         written = False
         called = False
 
@@ -79,9 +79,9 @@ class ResilienceMiddleware(Middleware["WSGIApp"]):
             try:
                 if seconds is None:
                     return self.app(environ, start)
-                with _deadline(seconds) as limit:
+                with _deadline(seconds, caller=caller) as limit:
                     result = self.app(environ, start)
-                return _Body(result, limit)
+                return _Body(result, limit, caller=caller)
             except CircuitOpenError as error:
                 if written:
                     raise
@@ -102,14 +102,15 @@ class _Body:
     calls too); ``close()`` is passed on as WSGI requires.
     """
 
-    def __init__(self, result: Iterable[bytes], limit: float) -> None:
+    def __init__(self, result: Iterable[bytes], limit: float, *, caller: bool) -> None:
         self._result = result
         self._limit = limit
+        self._caller = caller
 
     def __iter__(self) -> Iterator[bytes]:
         chunks = iter(self._result)
         while True:
-            with _deadline(max(0.0, self._limit - MONOTONIC.monotonic())):
+            with _deadline(max(0.0, self._limit - MONOTONIC.monotonic()), caller=self._caller):
                 chunk = next(chunks, None)
             if chunk is None:
                 return

@@ -137,3 +137,24 @@ def test_the_dependencys_own_timeouts_still_open_the_circuit(
     statuses = attack(url, None)
     assert 504 in statuses
     assert otelres.default_registry().get(upstream.url).state is otelres.State.OPEN
+
+
+def test_the_services_own_deadline_still_counts(
+    upstream: SlowUpstream, instrumented: None, asgi_server: Callable[[Any], str]
+) -> None:
+    """A deadline the operator configured (not a caller's header) is the service's own budget: an
+    upstream too slow for it times out as a failing dependency, and its circuit opens."""
+    app = ResilienceMiddleware(app_calling(upstream, "httpx", timeout=5.0), deadline=0.05)
+    url = asgi_server(app)
+    statuses = attack(url, None)
+    assert 504 in statuses
+    assert otelres.default_registry().get(upstream.url).state is otelres.State.OPEN
+
+
+def test_a_header_longer_than_the_services_deadline_is_not_the_callers() -> None:
+    """The header binds only when it shortens the service's own deadline."""
+    rules = ResilienceMiddleware(None, deadline=1.0, deadline_header=HEADER).rules
+    assert rules.request_deadline("0.5") == (0.5, True)
+    assert rules.request_deadline("5") == (1.0, False)
+    assert rules.request_deadline(None) == (1.0, False)
+    assert rules.request_deadline("nonsense") == (1.0, False)
