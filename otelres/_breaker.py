@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import _events
 from ._clock import MONOTONIC, Clock
 from ._errors import CircuitOpenError
+from ._names import safe_name
 from ._policy import BreakerPolicy
 from ._window import CountWindow, TimeWindow, Window
 
@@ -159,7 +160,8 @@ class CircuitBreaker:
         *,
         clock: Clock | None = None,
     ) -> None:
-        self.name = name
+        # Made safe here too: a breaker built by hand reaches the state gauge's labels.
+        self.name = safe_name(name)
         self.policy = policy if policy is not None else BreakerPolicy()
         LIVE.add(self)
         # A count window of N calls can never see more than N: like

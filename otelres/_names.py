@@ -40,23 +40,41 @@ def _lower_host(host: str) -> str:
     )
 
 
+#: What may stand before the first ``/`` of a URL's rest when that is a host: names,
+#: addresses, ``[v6]``, percent-escapes, several ``host:port`` separated by commas.
+_HOSTS = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[\w.%~-]+)(?::\d*)?(?:,(?:\[[0-9A-Fa-f:.]+\]|[\w.%~-]+)(?::\d*)?)*"
+)
+
+
 def _without_userinfo(rest: str) -> str:
     """``user:p@ss/w#rd@host:5432/db`` -> ``host:5432/db``.
 
-    The authority ends at the first ``/``, ``?`` or ``#`` after its last ``@``:
-    a host never holds an ``@``, so whatever comes before the last one (up to
-    the start of a path that has no ``@`` of its own) is user information.
+    A host never holds an ``@``, so everything up to the last ``@`` is user
+    information (a password may hold a raw ``@``, ``/`` or ``#``), the cautious
+    reading, except where the ``@`` plainly belongs to a path: the authority
+    (up to the first ``/``, ``?`` or ``#``) is a host with no ``@``, and no
+    ``:`` (the user:password separator) stands between it and the last ``@``
+    (``host:443/u/a@b``). An empty authority (``sqlite:///a@b.db``) holds
+    nothing to strip.
     """
     at = rest.rfind("@")
     if at < 0:
         return rest
-    # An '@' inside the path or query (after the host) is not user information: look for
-    # the host after the last '@' and check that what precedes it has no path of its own.
-    head, host = rest[:at], rest[at + 1 :]
-    if "/" in head.partition(":")[0] and "/" not in host.partition("?")[0]:
-        # "host/path@x": the '@' belongs to the path (the first segment has no ':' and a '/').
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if not authority:
         return rest
-    return host
+    if "@" not in authority and _HOSTS.fullmatch(authority) and ":" not in rest[len(authority) : at]:
+        return rest
+    return rest[at + 1 :]
+
+
+#: ``key=value`` words of a keyword DSN (``host=db password=x``) whose key looks secret.
+_SECRET_WORD = re.compile(
+    r"(?i)\b[\w.-]*(?:pass|pwd|secret|token|key|auth|sig|credential)[\w.-]*\s*=\s*(?:'[^']*'|\S+)"
+)
+#: ``user:password@`` at the start of a name without a scheme (``app:S3CRET@db:5432/app``).
+_BARE_USERINFO = re.compile(r"^[^\s/@:]*:[^\s]*@")
 
 
 def _without_secret_params(query: str) -> str:
@@ -76,7 +94,10 @@ def safe_name(name: str) -> str:
     name = _CONTROL.sub("", name).strip()
     scheme, sep, rest = name.partition("://")
     if not sep:
-        return _bounded(name)
+        name = _SECRET_WORD.sub("", name)
+        if _BARE_USERINFO.match(name):
+            name = name[name.rfind("@") + 1 :]
+        return _bounded(" ".join(name.split()))
     rest = _without_userinfo(rest)
     rest, _, _fragment = rest.partition("#")
     rest, qsep, query = rest.partition("?")

@@ -103,7 +103,7 @@ GENERIC = Profile("generic", others_succeed=None)
 class Registry:
     """Breakers and budgets by name, and the guards built on them; thread-safe; capped."""
 
-    __slots__ = ("_clock", "_entries", "_guards", "_guards_for", "_lock", "_settings", "_warned")
+    __slots__ = ("_aliases", "_clock", "_entries", "_guards", "_guards_for", "_lock", "_settings", "_warned")
 
     def __init__(
         self,
@@ -116,6 +116,9 @@ class Registry:
         self._entries: dict[str, tuple[CircuitBreaker, RetryBudget]] = {}
         # profile -> name -> guard, for the settings object they were built from.
         self._guards: dict[Profile, dict[str, Guard]] = {}
+        # profile -> a name as written -> its guard, for names that are not their guard's
+        # (made safe, or past the cap): bounded, emptied when full.
+        self._aliases: dict[Profile, dict[str, Guard]] = {}
         self._guards_for: Settings | None = None
         self._lock = threading.Lock()
         self._warned = False
@@ -192,12 +195,13 @@ class Registry:
     def _shared_guard(self, name: str, profile: Profile) -> Guard:
         settings = self.settings
         if settings is self._guards_for:
-            found = self._guards.get(profile, {}).get(name)
+            found = self._guards.get(profile, {}).get(name) or self._aliases.get(profile, {}).get(name)
             if found is not None:
                 return found
         with self._lock:
             if settings is not self._guards_for:
                 self._guards.clear()
+                self._aliases.clear()
                 self._guards_for = settings
         # Cached under the safe name: a name that had to be made safe (a password in it)
         # takes this slower path on every call, and is never stored as written.
@@ -217,6 +221,11 @@ class Registry:
             if settings is self._guards_for:
                 # Keyed by the name the breaker has: past the cap, one guard per profile.
                 guard = self._guards.setdefault(profile, {}).setdefault(key, guard)
+                if key != name:
+                    aliases = self._aliases.setdefault(profile, {})
+                    if len(aliases) >= settings.max_breakers:
+                        aliases.clear()
+                    aliases[name] = guard
         return guard
 
     # -- breakers and budgets ------------------------------------------------------------------
@@ -278,6 +287,7 @@ class Registry:
         with self._lock:
             self._entries.clear()
             self._guards.clear()
+            self._aliases.clear()
             self._guards_for = None
             self._warned = False
 

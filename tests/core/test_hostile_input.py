@@ -33,6 +33,10 @@ def test_a_deadline_is_finite_or_refused(seconds: float) -> None:
         assert left <= MAX_DEADLINE
 
 
+def registry(**env: str) -> otelres.Registry:
+    return otelres.Registry(otelres.load_settings(env=env))
+
+
 SECRET = "S3CRET"  # noqa: S105 - the secret the test hunts for
 
 
@@ -131,3 +135,45 @@ def test_any_environment_value_gives_settings_or_a_config_error(variable: str, v
     else:
         named = True
     assert named
+
+
+@pytest.mark.parametrize(
+    ("written", "published"),
+    [
+        ("https://AKIA/abc:S3CRET@api.example.com:443", "https://api.example.com:443"),
+        ("postgresql://user:pa/S3CRET@db:5432/app", "postgresql://db:5432/app"),
+        ("app:S3CRET@db:5432/app", "db:5432/app"),
+        ("host=db password=S3CRET dbname=app", "host=db dbname=app"),
+        ("sqlite:///home/john@corp/app.db", "sqlite:///home/john@corp/app.db"),
+        ("https://api.example.com:443/u/foo@bar.com", "https://api.example.com:443/u/foo@bar.com"),
+        ("postgresql://db1:5432,db2:5432/app", "postgresql://db1:5432,db2:5432/app"),
+        ("http://[::1]:80", "http://[::1]:80"),
+    ],
+)
+def test_safe_name_strips_user_info_and_keeps_paths(written: str, published: str) -> None:
+    """User info goes however it is written (a '/' in the user or the password, no scheme, keyword
+    DSNs); an '@' in a path, several hosts and IPv6 addresses stay as written."""
+    assert safe_name(written) == published
+
+
+def test_a_hand_built_breaker_is_named_safely() -> None:
+    """CircuitBreaker(name) makes its name safe too: it reaches the state gauge's labels."""
+    breaker = otelres.CircuitBreaker("postgresql://app:S3CRET@db:5432/app")
+    assert breaker.name == "postgresql://db:5432/app"
+    assert otelres.Resilience("x", breaker=breaker).name == "postgresql://db:5432/app"
+
+
+def test_names_made_safe_or_past_the_cap_reuse_their_guard() -> None:
+    """A name that had to be made safe, or that is past the cap, finds its guard without building one."""
+    reg = registry(OTELRES_MAX_BREAKERS="2")
+    first = reg.guard("postgresql://app:S3CRET@db:5432/app", otelres.Profile("p"))
+    assert (
+        reg.guard("postgresql://app:S3CRET@db:5432/app", otelres.Profile("p")) is not first
+    )  # another profile
+    profile = otelres.Profile("q")
+    named = reg.guard("postgresql://app:S3CRET@db:5432/app", profile)
+    assert reg.guard("postgresql://app:S3CRET@db:5432/app", profile) is named
+    reg.guard("https://b.example.com:443", profile)
+    past = reg.guard("https://c.example.com:443", profile)
+    assert past.name == "otelres.overflow"
+    assert reg.guard("https://c.example.com:443", profile) is past
