@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-__all__ = ["MAX_LENGTH", "safe_name"]
+__all__ = ["MAX_LENGTH", "safe_name", "without_userinfo"]
 
 #: The longest breaker name (a label value, a header value): 200 characters.
 MAX_LENGTH = 200
@@ -47,7 +47,7 @@ _HOSTS = re.compile(
 )
 
 
-def _without_userinfo(rest: str) -> str:
+def without_userinfo(rest: str) -> str:
     """``user:p@ss/w#rd@host:5432/db`` -> ``host:5432/db``.
 
     A host never holds an ``@``, so everything up to the last ``@`` is user
@@ -98,7 +98,7 @@ def safe_name(name: str) -> str:
         if _BARE_USERINFO.match(name):
             name = name[name.rfind("@") + 1 :]
         return _bounded(" ".join(name.split()))
-    rest = _without_userinfo(rest)
+    rest = without_userinfo(rest)
     rest, _, _fragment = rest.partition("#")
     rest, qsep, query = rest.partition("?")
     host, slash, path = rest.partition("/")

@@ -578,3 +578,18 @@ def test_public_names() -> None:
     assert not hasattr(otelres, "Readiness")
     with contextlib.suppress(AttributeError):
         assert otelres.health is health
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "connection to postgresql://app:pa/S3CRET@db:5432/app failed",
+        "connection to postgresql://app:p@S3CRET@db:5432/app failed",
+        "connection to postgresql://app:p#S3CRET@db:5432/app failed",
+    ],
+)
+def test_sanitize_masks_passwords_holding_raw_separators(message: str) -> None:
+    """A password holding a raw '/', '@' or '#' leaves no part of itself in a health body."""
+    masked = health.sanitize(message)
+    assert "S3CRET" not in masked
+    assert "db:5432/app" in masked

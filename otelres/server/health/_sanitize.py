@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from otelres._names import without_userinfo
+
 __all__ = ["describe", "sanitize"]
 
 #: The longest error a report carries (after sanitizing).
@@ -20,7 +22,17 @@ _SENSITIVE_NAME = (
     r"[\w.-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|credentials?)[\w.-]*"
 )
 _URL_QUERY = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s#\"'<>]*")
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#@\"'<>]*@")
+#: A URL as an error message writes it: up to whitespace or a quote (a password may hold
+#: a raw ``/``, ``@`` or ``#``, so its user information is found as breaker names' is).
+_URL_TOKEN = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>[^\s\"'<>]+)")
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    rest = match["rest"]
+    bare = without_userinfo(rest)
+    return match["scheme"] + rest if bare == rest else f"{match['scheme']}***@{bare}"
+
+
 _BARE_USERINFO = re.compile(r"(?<![\w/.-])[^\s:/@\"'<>]+:[^\s/@\"'<>]+@(?=[\w\[])")
 _AUTHORIZATION = re.compile(
     r"(?P<head>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|digest|token)\s+)?[^\s\"',;]+",
@@ -38,8 +50,8 @@ def sanitize(text: str) -> str:
     query strings, ``password=...``/``token: ...``-style pairs (quoted or not) and
     ``Authorization``/``Bearer`` credentials.
     """
+    text = _URL_TOKEN.sub(_mask_userinfo, text)
     text = _URL_QUERY.sub(r"\g<head>?***", text)
-    text = _URL_USERINFO.sub(r"\g<scheme>***@", text)
     text = _BARE_USERINFO.sub("***@", text)
     text = _AUTHORIZATION.sub(r"\g<head>***", text)
     text = _BEARER.sub(r"\g<head>***", text)
