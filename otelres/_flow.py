@@ -251,6 +251,7 @@ class Flow:
     """The state of one logical call; see the module docstring for the protocol."""
 
     __slots__ = (
+        "_admitted",
         "_attempt_started",
         "_attempt_token",
         "_key",
@@ -282,6 +283,9 @@ class Flow:
         # Only what the success path needs is set here; the rest is set when a
         # retry is first considered (this constructor is on every call's path).
         self.guard = guard
+        # True between an admission and its outcome: a permit to hand back if the call ends
+        # in between (an attempts() loop left before its block ran).
+        self._admitted = False
         #: The enclosing call's guard, when this call runs inside another otelres call.
         self.outer = outer
         self.args = args
@@ -320,6 +324,7 @@ class Flow:
                 self.rejection = error
             return False
         self._token = token
+        self._admitted = True
         now = self._attempt_started = guard.now()
         if not self.attempts:
             self.started = now
@@ -353,6 +358,7 @@ class Flow:
         """The attempt raised ``exc``: DONE, RERAISE, or the delay before the next attempt.
         ``inner_failed``: a call inside the attempt, through the same breaker, judged it a failure.
         """
+        self._admitted = False
         guard = self.guard
         try:
             failed = settle(
@@ -368,6 +374,7 @@ class Flow:
 
     def returned(self, result: Any, inner_failed: bool = False) -> object:
         """The attempt returned ``result``: DONE, or the delay before the next attempt."""
+        self._admitted = False
         guard = self.guard
         if guard.plain_results:
             # Neither breaker, retry nor fallback looks at results: the common case.
@@ -408,6 +415,9 @@ class Flow:
     def close(self) -> None:
         """Always called once the call ends, however it ends."""
         guard = self.guard
+        if self._admitted:
+            self._admitted = False
+            guard.record(self._token, None, 0.0)  # its permit comes back; it counts neither way
         if self._retry_slot:
             self._end_retry()
         if self._attempt_token is not None:

@@ -182,3 +182,18 @@ def test_a_fallback_runs_outside_the_attempt(clock: FakeClock) -> None:
     )
     assert primary.call(Dependency()) == "ok"
     assert backup_dep.attempts == 3
+
+
+def test_leaving_an_attempts_loop_before_its_block_hands_the_probe_back(clock: FakeClock) -> None:
+    """A half-open probe admitted for an attempts() block that never ran (the loop was left) is
+    handed back: the next call probes, and closes the circuit."""
+    res = otelres.Resilience(
+        "dep", clock=clock, breaker=otelres.BreakerPolicy(consecutive_failures=1, open_seconds=5.0)
+    )
+    with pytest.raises(ConnectionError):
+        res.call(Dependency())
+    clock.advance(5.0)
+    for _attempt in res.attempts():
+        break  # admitted (the probe), never entered
+    assert res.call(lambda: "back") == "back"
+    assert res.breaker.state is otelres.State.CLOSED
