@@ -129,7 +129,9 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
     suppressed for that reason. Inside another otelres call's attempt the call makes
     one attempt (one retry layer); through the same breaker it rides on that attempt.
     """
-    outer = enclosing()
+    outer = ENCLOSING.get()
+    if isinstance(outer, InnerFailure):
+        outer = outer.guard
     if outer is not None and outer.breaker is guard.breaker:
         return _ride(guard, outer, fn, args, kwargs, no_retry)
     if guard.fast and not _events.call_listeners:
@@ -201,7 +203,9 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
     no_retry: str | None = None,
 ) -> _T:
     """The async driver: :func:`run` awaiting ``fn`` and the delays, the same loop."""
-    outer = enclosing()
+    outer = ENCLOSING.get()
+    if isinstance(outer, InnerFailure):
+        outer = outer.guard
     if outer is not None and outer.breaker is guard.breaker:
         return await _aride(guard, outer, fn, args, kwargs, no_retry)
     if guard.fast and not _events.call_listeners:
