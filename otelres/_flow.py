@@ -30,7 +30,7 @@ import contextlib
 import contextvars
 import random as _random
 import sys
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Union
 
 from . import _events
 from ._backoff import backoff_delay
@@ -84,7 +84,7 @@ _ATTEMPT: contextvars.ContextVar[int] = contextvars.ContextVar("otelres_attempt"
 #: one retry layer (a patched client inside a ``@resilient`` function makes one attempt
 #: per outer attempt) and one permit and one count per breaker (a call through the same
 #: breaker rides on the outer attempt, which records the attempt once).
-ENCLOSING: contextvars.ContextVar[Guard | InnerFailure | None] = contextvars.ContextVar(
+ENCLOSING: contextvars.ContextVar[Enclosing | None] = contextvars.ContextVar(
     "otelres_enclosing", default=None
 )
 
@@ -97,10 +97,18 @@ class InnerFailure:
     attempt reads it before it resets the variable, so it never outlives the attempt.
     """
 
-    __slots__ = ("guard",)
+    __slots__ = ("breaker", "guard", "retry")
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
+        # What a call inside reads of its enclosing attempt, as of a Guard: no type test
+        # on the hot path.
+        self.breaker = guard.breaker
+        self.retry = guard.retry
+
+
+#: What :data:`ENCLOSING` holds: the enclosing attempt's guard, or an inner failure left for it.
+Enclosing = Union["Guard", InnerFailure]
 
 
 def enclosing() -> Guard | None:
@@ -278,7 +286,7 @@ class Flow:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         no_retry: str | None = None,
-        outer: Guard | None = None,
+        outer: Enclosing | None = None,
     ) -> None:
         # Only what the success path needs is set here; the rest is set when a
         # retry is first considered (this constructor is on every call's path).

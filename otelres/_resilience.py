@@ -25,6 +25,7 @@ from ._flow import (
     DONE,
     ENCLOSING,
     RERAISE,
+    Enclosing,
     Flow,
     Guard,
     InnerFailure,
@@ -51,7 +52,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _judge_inside(
-    guard: Guard, outer: Guard, exc: BaseException | None, result: Any, no_retry: str | None
+    guard: Guard, outer: Enclosing, exc: BaseException | None, result: Any, no_retry: str | None
 ) -> None:
     """Hand the enclosing attempt this call's verdict: a failure by this caller's own
     predicates is left in :data:`ENCLOSING` for it to record; a call that must not be
@@ -63,13 +64,13 @@ def _judge_inside(
         failed = guard.judge.judge(exc, result)
     except Exception:  # noqa: BLE001 - a predicate's bug is the cautious reading: a failure
         failed = True
-    if failed:
+    if failed and not isinstance(outer, InnerFailure):  # said once is enough
         ENCLOSING.set(InnerFailure(outer))
 
 
 def _ride(
     guard: Guard,
-    outer: Guard,
+    outer: Enclosing,
     fn: Callable[..., _T],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -94,7 +95,7 @@ def _ride(
 
 async def _aride(
     guard: Guard,
-    outer: Guard,
+    outer: Enclosing,
     fn: Callable[..., Awaitable[_T]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -130,8 +131,6 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
     one attempt (one retry layer); through the same breaker it rides on that attempt.
     """
     outer = ENCLOSING.get()
-    if isinstance(outer, InnerFailure):
-        outer = outer.guard
     if outer is not None and outer.breaker is guard.breaker:
         return _ride(guard, outer, fn, args, kwargs, no_retry)
     if guard.fast and not _events.call_listeners:
@@ -204,8 +203,6 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
 ) -> _T:
     """The async driver: :func:`run` awaiting ``fn`` and the delays, the same loop."""
     outer = ENCLOSING.get()
-    if isinstance(outer, InnerFailure):
-        outer = outer.guard
     if outer is not None and outer.breaker is guard.breaker:
         return await _aride(guard, outer, fn, args, kwargs, no_retry)
     if guard.fast and not _events.call_listeners:
