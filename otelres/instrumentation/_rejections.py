@@ -119,6 +119,20 @@ def rejection_class(library: str) -> type[CircuitOpenError]:
     return found
 
 
+def module_getattr(library: str, module: str) -> Callable[[str], type[CircuitOpenError]]:
+    """An integration module's ``__getattr__``: ``CircuitOpenError`` is the class of
+    ``library``'s rejections, made on first access (so a pickled rejection loads in a
+    process that never made one).
+    """
+
+    def __getattr__(name: str) -> type[CircuitOpenError]:  # noqa: N807 - a module's __getattr__
+        if name == "CircuitOpenError":
+            return rejection_class(library)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 def with_rejection(profile: Profile, library: str) -> Profile:
     """``profile`` for the calls of ``library``: a rejection raises its class.
 

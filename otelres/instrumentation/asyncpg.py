@@ -34,12 +34,11 @@ from ._postgres import (
     name_from_params,
     name_from_url,
 )
-from ._rejections import rejection_class
+from ._rejections import module_getattr
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
 
-    import otelres
 
 __all__ = ["AsyncpgInstrumentor"]
 
@@ -49,15 +48,11 @@ _connections = Connections()
 _patches = Patches()
 
 
-def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
-    """``CircuitOpenError``: what an asyncpg call rejected by an open circuit raises,
-    an :class:`otelres.CircuitOpenError` that is also asyncpg's
-    ``ConnectionDoesNotExistError`` (a ``PostgresConnectionError``) and the
-    built-in ``ConnectionError`` (an ``OSError``, as a refused connect raises).
-    """
-    if name == "CircuitOpenError":
-        return rejection_class("asyncpg")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``CircuitOpenError``: what an asyncpg call rejected by an open circuit raises, an
+#: :class:`otelres.CircuitOpenError` that is also asyncpg's ``ConnectionDoesNotExistError`` (a
+#: ``PostgresConnectionError``) and the built-in ``ConnectionError`` (an ``OSError``, as a refused connect
+#: raises).
+__getattr__ = module_getattr("asyncpg", __name__)
 
 
 def _name(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

@@ -27,12 +27,11 @@ from otelres._deadline import caller_deadline_binds, mark_caller_deadline, time_
 
 from ._common import Patches, acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
 from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, cut_by_deadline, plan_request
-from ._rejections import rejection_class, with_rejection
+from ._rejections import module_getattr, rejection_class, with_rejection
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-    import otelres
 
 __all__ = ["HttpxInstrumentor"]
 
@@ -41,13 +40,9 @@ _PROFILE = with_rejection(HTTP, "httpx")
 _patches = Patches()
 
 
-def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
-    """``CircuitOpenError``: what an httpx call rejected by an open circuit raises,
-    an :class:`otelres.CircuitOpenError` that is also ``httpx.ConnectError``.
-    """
-    if name == "CircuitOpenError":
-        return rejection_class("httpx")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``CircuitOpenError``: what an httpx call rejected by an open circuit raises, an
+#: :class:`otelres.CircuitOpenError` that is also ``httpx.ConnectError``.
+__getattr__ = module_getattr("httpx", __name__)
 
 
 def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | None] | None:

@@ -24,12 +24,11 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from ._common import Patches, acall_inside, call_inside, should_wrap
 from ._postgres import Connections, Driver, Subclasses, name_from_params
-from ._rejections import rejection_class
+from ._rejections import module_getattr
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
 
-    import otelres
 
 __all__ = ["PsycopgInstrumentor"]
 
@@ -44,13 +43,9 @@ _connections = Connections()
 _patches = Patches()
 
 
-def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
-    """``CircuitOpenError``: what a psycopg call rejected by an open circuit raises,
-    an :class:`otelres.CircuitOpenError` that is also ``psycopg.OperationalError``.
-    """
-    if name == "CircuitOpenError":
-        return rejection_class("psycopg")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``CircuitOpenError``: what a psycopg call rejected by an open circuit raises, an
+#: :class:`otelres.CircuitOpenError` that is also ``psycopg.OperationalError``.
+__getattr__ = module_getattr("psycopg", __name__)
 
 
 def _name(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

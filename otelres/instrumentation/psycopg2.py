@@ -32,12 +32,11 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from ._common import Patches, call_inside, should_wrap
 from ._postgres import Connections, Driver, Subclasses, name_from_params
-from ._rejections import rejection_class
+from ._rejections import module_getattr
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
 
-    import otelres
 
 __all__ = ["Psycopg2Instrumentor"]
 
@@ -51,13 +50,9 @@ _connections = Connections()
 _patches = Patches()
 
 
-def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
-    """``CircuitOpenError``: what a psycopg2 call rejected by an open circuit raises,
-    an :class:`otelres.CircuitOpenError` that is also ``psycopg2.OperationalError``.
-    """
-    if name == "CircuitOpenError":
-        return rejection_class("psycopg2")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``CircuitOpenError``: what a psycopg2 call rejected by an open circuit raises, an
+#: :class:`otelres.CircuitOpenError` that is also ``psycopg2.OperationalError``.
+__getattr__ = module_getattr("psycopg2", __name__)
 
 
 def _name(params: dict[str, Any]) -> str | None:

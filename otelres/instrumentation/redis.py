@@ -54,13 +54,11 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otelres._registry import default_registry
 
 from ._common import Patches, acall_inside, call_inside, ensure_telemetry, should_wrap
-from ._rejections import rejection_class
+from ._rejections import module_getattr
 from ._stores import store_profile
 
 if TYPE_CHECKING:
     from collections.abc import Collection
-
-    import otelres
 
     #: The Resilience of a call's server, why it must not be retried, and whether
     #: redis-py's retry loop makes one attempt.
@@ -153,13 +151,9 @@ _PROFILE = store_profile(
 _patches = Patches()
 
 
-def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
-    """``CircuitOpenError``: what a redis-py call rejected by an open circuit raises,
-    an :class:`otelres.CircuitOpenError` that is also ``redis.exceptions.ConnectionError``.
-    """
-    if name == "CircuitOpenError":
-        return rejection_class("redis")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``CircuitOpenError``: what a redis-py call rejected by an open circuit raises, an
+#: :class:`otelres.CircuitOpenError` that is also ``redis.exceptions.ConnectionError``.
+__getattr__ = module_getattr("redis", __name__)
 
 
 def breaker_name(pool: Any) -> str:

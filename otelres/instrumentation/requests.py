@@ -25,7 +25,7 @@ is shrunk to the time left, and a call with no time left is not made: it raises
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
@@ -33,10 +33,7 @@ from otelres._deadline import caller_deadline_binds, mark_caller_deadline, time_
 
 from ._common import Patches, call_inside, ensure_telemetry, marking_resend, should_wrap
 from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, cut_by_deadline, plan_request
-from ._rejections import rejection_class, with_rejection
-
-if TYPE_CHECKING:
-    import otelres
+from ._rejections import module_getattr, with_rejection
 
 __all__ = ["RequestsInstrumentor"]
 
@@ -45,13 +42,9 @@ _PROFILE = with_rejection(HTTP, "requests")
 _patches = Patches()
 
 
-def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
-    """``CircuitOpenError``: what a requests call rejected by an open circuit raises,
-    an :class:`otelres.CircuitOpenError` that is also ``requests.exceptions.ConnectionError``.
-    """
-    if name == "CircuitOpenError":
-        return rejection_class("requests")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``CircuitOpenError``: what a requests call rejected by an open circuit raises, an
+#: :class:`otelres.CircuitOpenError` that is also ``requests.exceptions.ConnectionError``.
+__getattr__ = module_getattr("requests", __name__)
 
 
 #: Form values requests encodes the same way on every attempt.

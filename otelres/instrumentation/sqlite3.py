@@ -41,14 +41,12 @@ from wrapt import ObjectProxy
 from otelres._registry import default_registry
 
 from ._common import Patches, call_inside, ensure_telemetry, should_wrap
-from ._rejections import rejection_class
+from ._rejections import module_getattr
 from ._stores import store_profile
 
 __all__ = ["Sqlite3Instrumentor", "breaker_name"]
 
 if TYPE_CHECKING:
-    import otelres
-
     _Proxy = ObjectProxy[Any]
 else:  # wrapt 1 proxies are not generic at run time
     _Proxy = ObjectProxy
@@ -120,13 +118,9 @@ _STATEMENT = store_profile(
 _patches = Patches()
 
 
-def __getattr__(name: str) -> type[otelres.CircuitOpenError]:
-    """``CircuitOpenError``: what a sqlite3 call rejected by an open circuit raises,
-    an :class:`otelres.CircuitOpenError` that is also ``sqlite3.OperationalError``.
-    """
-    if name == "CircuitOpenError":
-        return rejection_class("sqlite3")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``CircuitOpenError``: what a sqlite3 call rejected by an open circuit raises, an
+#: :class:`otelres.CircuitOpenError` that is also ``sqlite3.OperationalError``.
+__getattr__ = module_getattr("sqlite3", __name__)
 
 
 def breaker_name(database: object, uri: bool = False) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import pickle
 import sys
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,6 +24,7 @@ import wrapt
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind, StatusCode
 from pg_server import free_port
+from rejection_support import check_rejection
 
 import otelres
 import otelres.telemetry
@@ -64,19 +64,6 @@ def stats(name: str) -> BreakerStats:
         f"no breaker {name!r}: {[b.name for b in otelres.default_registry().breakers()]}"
     )
     return found.stats()
-
-
-def check_rejection(error: BaseException, breaker: str, module: str) -> None:
-    """``error`` is a rejection by ``breaker``, of the class named ``CircuitOpenError`` in
-    ``module``, whose figures, message and pickled copy are CircuitOpenError's.
-    """
-    assert isinstance(error, otelres.CircuitOpenError)
-    assert (type(error).__module__, type(error).__qualname__) == (module, "CircuitOpenError")
-    assert error.args == (breaker, error.retry_after)
-    assert error.breaker == breaker
-    assert str(error) == f"circuit {breaker!r} is open; next probe in {error.retry_after:.3f} s"
-    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
-    assert (type(copy), copy.args, str(copy)) == (type(error), error.args, str(error))
 
 
 def ours_in_chain(owner: object, attr: str) -> int:

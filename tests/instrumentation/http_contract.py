@@ -10,7 +10,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import email.utils
-import pickle
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -20,6 +19,7 @@ import wrapt
 from flaky_server import RESET, SLOW
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind, StatusCode
+from rejection_support import check_rejection
 
 import otelres
 import otelres.telemetry
@@ -75,19 +75,6 @@ def stats(name: str) -> BreakerStats | None:
 
 def reasons(events: CapturedEvents, kind: str = "retry") -> list[object]:
     return [event.fields["reason"] for event in events.of(kind)]
-
-
-def check_rejection(error: BaseException, breaker: str, module: str) -> None:
-    """``error`` is a rejection by ``breaker``, of the class named ``CircuitOpenError`` in
-    ``module``, whose figures, message and pickled copy are CircuitOpenError's.
-    """
-    assert isinstance(error, otelres.CircuitOpenError)
-    assert (type(error).__module__, type(error).__qualname__) == (module, "CircuitOpenError")
-    assert error.args == (breaker, error.retry_after)
-    assert error.breaker == breaker
-    assert str(error) == f"circuit {breaker!r} is open; next probe in {error.retry_after:.3f} s"
-    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
-    assert (type(copy), copy.args, str(copy)) == (type(error), error.args, str(error))
 
 
 class HttpClientContract(abc.ABC):

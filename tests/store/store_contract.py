@@ -10,12 +10,12 @@ asyncio store runs each of them on its own event loop.
 from __future__ import annotations
 
 import abc
-import pickle
 import textwrap
 from typing import TYPE_CHECKING
 
 import pytest
 from opentelemetry.trace import SpanKind
+from rejection_support import check_rejection
 
 import otelres
 from otelres import CircuitOpenError, State, default_registry
@@ -44,19 +44,6 @@ def call_and_attempts(
     assert len(calls) == 1, [s.name for s in spans]
     clients = sorted((s for s in spans if s.kind is SpanKind.CLIENT), key=lambda s: s.start_time or 0)
     return calls[0], clients
-
-
-def check_rejection(error: BaseException, breaker: str, module: str) -> None:
-    """``error`` is a rejection by ``breaker``, of the class named ``CircuitOpenError`` in
-    ``module``, whose figures, message and pickled copy are CircuitOpenError's.
-    """
-    assert isinstance(error, CircuitOpenError)
-    assert (type(error).__module__, type(error).__qualname__) == (module, "CircuitOpenError")
-    assert error.args == (breaker, error.retry_after)
-    assert error.breaker == breaker
-    assert str(error) == f"circuit {breaker!r} is open; next probe in {error.retry_after:.3f} s"
-    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
-    assert (type(copy), copy.args, str(copy)) == (type(error), error.args, str(error))
 
 
 class Store(abc.ABC):
