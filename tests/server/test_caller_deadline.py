@@ -68,18 +68,23 @@ def instrumented() -> Iterator[None]:
 
 
 def app_calling(upstream: SlowUpstream, client: str, timeout: float) -> Any:
-    """An ASGI app whose route calls the upstream with httpx or requests (own timeout ``timeout``)."""
+    """An ASGI app whose route calls the upstream with httpx or requests (own timeout ``timeout``).
+    The httpx client is made once, at start-up: making one per request (its TLS context) can take
+    longer than a tiny deadline on a loaded machine, and the call would end before reaching otelres.
+    """
+    clients: dict[str, httpx.AsyncClient] = {}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
+                clients["http"] = httpx.AsyncClient(timeout=timeout)
                 await send({"type": "lifespan.startup.complete"})
+            await clients.pop("http").aclose()
             await send({"type": "lifespan.shutdown.complete"})
             return
         try:
             if client == "httpx":
-                async with httpx.AsyncClient(timeout=timeout) as http:
-                    await http.get(upstream.url + "/data")
+                await clients["http"].get(upstream.url + "/data")
             else:
                 await asyncio.to_thread(requests.get, upstream.url + "/data", timeout=timeout)
             status = 200
