@@ -64,9 +64,12 @@ def _status_error(exc: BaseException) -> int | None:
 
 def is_dependency_error(exc: BaseException) -> bool:
     """True for an error that says the dependency failed (see the module docstring)."""
+    # The common case first, cheaply: a refused or reset connection, a timeout.
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        requests = sys.modules.get("requests")
+        if requests is None or not isinstance(exc, requests.HTTPError):
+            return True
     status = _status_error(exc)
     if status is not None:
         return status >= 500 or status == 429
-    if isinstance(exc, (OSError, asyncio.TimeoutError)):
-        return True
     return isinstance(exc, _library_errors())

@@ -563,3 +563,26 @@ def test_optional_predicates_accept_none_and_callables() -> None:
     assert (none.retry_on_result, none.retry_after) == (None, None)
     assert RetryPolicy(retry_on_result=check, retry_after=check).retry_after is check
     assert BreakerPolicy(failure_result=check).failure_result is check
+
+
+def test_http_status_errors_are_dependency_errors_only_for_5xx_and_429() -> None:
+    """raise_for_status() errors: a 503 or a 429 says the dependency failed, a 404 is the caller's."""
+    import httpx  # noqa: PLC0415 - the client libraries of this test only
+    import requests  # noqa: PLC0415
+
+    def requests_error(status: int) -> requests.HTTPError:
+        response = requests.Response()
+        response.status_code = status
+        return requests.HTTPError(response=response)
+
+    def httpx_error(status: int) -> httpx.HTTPStatusError:
+        request = httpx.Request("GET", "http://api.example.com/")
+        return httpx.HTTPStatusError(
+            "status", request=request, response=httpx.Response(status, request=request)
+        )
+
+    policy = RetryPolicy()
+    for make in (requests_error, httpx_error):
+        assert policy.should_retry(make(503))
+        assert policy.should_retry(make(429))
+        assert not policy.should_retry(make(404))
