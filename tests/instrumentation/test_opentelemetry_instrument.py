@@ -35,8 +35,8 @@ with requests.Session() as session:
 
 
 def run_instrumented(tmp_path: Path, url: str, **env: str) -> str:
-    """Run the app under opentelemetry-instrument; returns the app's result line (the last
-    one: otelres's log events go to stdout too). Fails on a non-zero exit.
+    """Run the app under opentelemetry-instrument; returns the app's result line (the last one
+    on stdout, whatever else a library prints there). Fails on a non-zero exit.
     """
     launcher = Path(sys.executable).parent / "opentelemetry-instrument"
     assert launcher.exists(), f"no {launcher}: opentelemetry-instrumentation is not installed here"
