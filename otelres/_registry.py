@@ -179,17 +179,16 @@ class Registry:
         if not isinstance(budget, RetryBudget):
             # A breaker of the call site's own has a budget of its own too.
             budget = RetryBudget(budget if budget is not None else target.budget)
-        return Guard(
+        return _compose(
+            profile,
+            target,
             breaker,
             budget,
-            retry if retry is not None else profile.retry_policy(target),
-            judge=judge if judge is not None else profile.judge(target),
+            retry=retry,
+            judge=judge,
             fallback=fallback,
-            discard=discard if discard is not None else profile.discard,
+            discard=discard,
             random=random,
-            enabled=target.enabled,
-            target=target,
-            error_class=profile.error_class(),
         )
 
     def _shared_guard(self, name: str, profile: Profile) -> Guard:
@@ -203,20 +202,11 @@ class Registry:
                 self._guards.clear()
                 self._aliases.clear()
                 self._guards_for = settings
-        # Cached under the safe name: a name that had to be made safe (a password in it)
-        # takes this slower path on every call, and is never stored as written.
+        # Stored under the safe name; a name as written that differs (a password in it, or
+        # past the cap) finds it through the bounded alias map below.
         key, (breaker, budget) = self._resolve(safe_name(name), settings)
         target = settings.for_target(key) if key != OVERFLOW else settings.default
-        guard = Guard(
-            breaker,
-            budget,
-            profile.retry_policy(target),
-            judge=profile.judge(target),
-            discard=profile.discard,
-            enabled=target.enabled,
-            target=target,
-            error_class=profile.error_class(),
-        )
+        guard = _compose(profile, target, breaker, budget)
         with self._lock:
             if settings is self._guards_for:
                 # Keyed by the name the breaker has: past the cap, one guard per profile.
@@ -290,6 +280,35 @@ class Registry:
             self._aliases.clear()
             self._guards_for = None
             self._warned = False
+
+
+def _compose(
+    profile: Profile,
+    target: Target,
+    breaker: CircuitBreaker,
+    budget: RetryBudget,
+    *,
+    retry: RetryPolicy | None = None,
+    judge: BreakerPolicy | None = None,
+    fallback: Fallback[Any] | None = None,
+    discard: Callable[[Any], object] | None = None,
+    random: Callable[[], float] | None = None,
+) -> Guard:
+    """The guard of ``breaker`` and ``budget`` for a caller of ``profile`` under the
+    configuration entry ``target``; a call site's own parts replace the profile's.
+    """
+    return Guard(
+        breaker,
+        budget,
+        retry if retry is not None else profile.retry_policy(target),
+        judge=judge if judge is not None else profile.judge(target),
+        fallback=fallback,
+        discard=discard if discard is not None else profile.discard,
+        random=random,
+        enabled=target.enabled,
+        target=target,
+        error_class=profile.error_class(),
+    )
 
 
 _default: Registry | None = None
