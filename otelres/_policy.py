@@ -3,7 +3,7 @@
 Policies are values: immutable, slotted, validated once at construction (a bad
 value raises :class:`~otelres.ConfigError` naming the key, the value and what is
 allowed) and changed by copying with :meth:`evolve`. The defaults are the ones
-DESIGN.md fixes; README.md gives the reason for each.
+README.md lists, with the reason for each.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One INTERNAL span per call, current while its attempts run (so the attempts'
 CLIENT spans are its children), carrying the retry, transition and rejection
 events; status ERROR with the exception recorded once when the call fails.
-Metrics follow DESIGN.md's table. Counts that the semantics allow are kept
+Metrics follow the README's telemetry reference. Counts that the semantics allow are kept
 locally and reported by observable instruments at collection time; what must be
 a distribution (durations, delays) is recorded, with attribute sets built once
 per (breaker, label) and reused.

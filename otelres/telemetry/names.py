@@ -1,6 +1,6 @@
 """Every telemetry name otelres emits, in one place.
 
-DESIGN.md fixes these: dashboards, alert rules and users' queries depend on
+The README's telemetry reference fixes these: dashboards, alert rules and users' queries depend on
 them, and the dashboard generator imports this module so that a query cannot
 drift from the code. Change one only together with all of those.
 """
@@ -54,7 +54,7 @@ RETRIES: Final = "otelres.retries"
 RETRIES_SUPPRESSED: Final = "otelres.retries.suppressed"
 CIRCUIT_STATE: Final = "otelres.circuit.state"
 CIRCUIT_TRANSITIONS: Final = "otelres.circuit.transitions"
-#: Beyond DESIGN.md's six: the delay actually scheduled before each retry.
+#: Beyond the README table's six: the delay actually scheduled before each retry.
 RETRY_DELAY: Final = "otelres.retry.delay"
 
 #: The series the standard OpenTelemetry Prometheus exporter makes of them.

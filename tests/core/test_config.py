@@ -152,7 +152,7 @@ def test_valid_table_covers_every_key() -> None:
 
 
 def test_env_names_follow_the_documented_style() -> None:
-    """Dotted keys map to OTELRES_ variables, including the names DESIGN.md fixes."""
+    """Dotted keys map to OTELRES_ variables, including the names the README documents."""
     assert env_name("retry.base_delay") == "OTELRES_RETRY_BASE_DELAY"
     names = {env_name(k) for k in KEYS}
     fixed = {
@@ -474,7 +474,7 @@ def test_enabled_false_from_code() -> None:
 
 
 def test_defaults_are_design_md_table() -> None:
-    """With nothing configured, the policies carry DESIGN.md's defaults."""
+    """With nothing configured, the policies carry the README's defaults."""
     settings = otelres.load_settings(env={})
     retry, breaker, budget = settings.default.retry, settings.default.breaker, settings.default.budget
     assert (retry.attempts, retry.jitter, retry.base_delay, retry.max_delay) == (3, "full", 0.1, 5.0)

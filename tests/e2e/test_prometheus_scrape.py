@@ -1,7 +1,7 @@
 """End to end over Prometheus: an app in its own process calls ``otelres.instrument()``
 with ``OTEL_METRICS_EXPORTER=prometheus``, makes successful, retried, failed,
 deadline-suppressed and rejected calls and trips a breaker; a real scrape of its
-``/metrics`` must show exactly the series of DESIGN.md's telemetry table, with
+``/metrics`` must show exactly the series of the README's telemetry table, with
 their labels, which dashboards and alert rules query.
 """
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 API = "https://api.example.com:443"
 FLAKY = "https://flaky.example.com:443"
 
-#: DESIGN.md's "Telemetry" table, as written there.
+#: The README's telemetry table ("Metrics"), as written there.
 DESIGN_SERIES = {
     names.CALLS: "otelres_calls_total",
     names.CALL_DURATION: "otelres_call_duration_seconds",
@@ -205,12 +205,12 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
 
 
 def test_names_module_matches_the_design_table() -> None:
-    """otelres.telemetry.names.PROMETHEUS holds DESIGN.md's series names, letter for letter."""
+    """otelres.telemetry.names.PROMETHEUS holds the README table's series names, letter for letter."""
     assert {key: P[key] for key in DESIGN_SERIES} == DESIGN_SERIES
 
 
 def test_exactly_the_design_series_are_exposed(scrape: Scrape) -> None:
-    """The scrape holds each series of DESIGN.md's table, and no other otelres series but the retry delay."""
+    """The scrape holds each series of the README's table, and no other otelres series but the retry delay."""
     delay = P[names.RETRY_DELAY]
     expected = {
         P[names.CALLS],

@@ -1,5 +1,6 @@
-"""Metrics, read with an InMemoryMetricReader: the instrument names, kinds and units DESIGN.md fixes,
-attribute keys and values from closed sets, and counts that match the calls made exactly."""
+"""Metrics, read with an InMemoryMetricReader: the instrument names, kinds and units the README's
+telemetry reference fixes, attribute keys and values from closed sets, and counts that match the
+calls made exactly."""
 
 from __future__ import annotations
 
