@@ -29,7 +29,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _events
+from . import _events, _fork
 from ._clock import MONOTONIC, Clock
 from ._errors import CircuitOpenError
 from ._names import safe_name
@@ -388,6 +388,22 @@ class CircuitBreaker:
         if transition is not None:
             _report(transition)
 
+    # -- fork (see otelres._fork) ---------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """Start the child with a fresh lock and no permit in flight.
+
+        The epoch moves on, so every token handed out before the fork is stale:
+        the outcomes of calls the forking thread had in flight are counted in
+        the statistics but move no state, and the probe permits held by threads
+        the child does not have are given back (a half-open breaker would
+        otherwise wait forever for their outcomes).
+        """
+        self._lock = threading.Lock()
+        self._epoch += 1
+        self._permits = 0
+        self._probe_successes = 0
+
     def _fold_ticks(self) -> None:
         """Fold the lock-free successes into the counters and the window (lock held)."""
         value = next(self._ticks)  # this call takes one value itself
@@ -500,6 +516,45 @@ class CircuitBreaker:
     def attempt(self) -> _Attempt:
         """A context manager (``with`` or ``async with``) guarding one block."""
         return _Attempt(self)
+
+
+_held_at_fork: list[threading.Lock] = []
+
+
+def _live_breakers() -> list[CircuitBreaker]:
+    # Another thread may add a breaker while the set is copied: try again.
+    for _ in range(10):
+        try:
+            return sorted(LIVE, key=id)
+        except RuntimeError:
+            continue
+    return []
+
+
+def _before_fork() -> None:
+    """Hold every breaker's lock across the fork, so that the child copies no
+    half-made update (a lock is held for a few attribute writes, never across
+    I/O or user code: the wait is short; a lock not had in time is replaced in
+    the child anyway).
+    """
+    for breaker in _live_breakers():
+        lock = breaker._lock
+        if lock.acquire(timeout=0.5):
+            _held_at_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_at_fork:
+        _held_at_fork.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _held_at_fork.clear()  # the child's breakers get fresh locks instead
+    for breaker in _live_breakers():
+        breaker._after_fork_in_child()
+
+
+_fork.at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def settle(
