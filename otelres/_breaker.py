@@ -75,10 +75,17 @@ class Transition:
     at: float
 
 
-def _report(transition: Transition) -> None:
+#: Called with every breaker's transitions after the listeners: shared state publishes them.
+transition_hooks: list[Callable[[CircuitBreaker, Transition], None]] = []
+
+
+def _report(transition: Transition, breaker: CircuitBreaker | None = None) -> None:
     """Tell the listeners about a state change (after the lock is released)."""
     if _events.listeners:
         _events.emit(_events.Event(_events.TRANSITION, transition.breaker, transition=transition))
+    if breaker is not None:
+        for hook in transition_hooks:
+            hook(breaker, transition)
 
 
 #: The token :meth:`CircuitBreaker.acquire` returns for a rejected call.
@@ -135,6 +142,9 @@ class CircuitBreaker:
         "_consecutive",
         "_epoch",
         "_failures",
+        "_fleet",
+        "_fleet_gate",
+        "_fleet_lease",
         "_ignored",
         "_lock",
         "_minimum_calls",
@@ -188,6 +198,12 @@ class CircuitBreaker:
         self._ignored = 0
         self._rejected = 0
         self._transitions = 0
+        # Shared state (otelres._fleet): the other processes' window (calls, failures,
+        # slow), whether a half-open period needs the fleet's lease, and whether
+        # this process holds it. Written by the fleet's thread only.
+        self._fleet: tuple[int, int, int] | None = None
+        self._fleet_gate = False
+        self._fleet_lease = False
         # Lock-free successes: see the module docstring. They all belong to the
         # second [_bucket_start, _bucket_end); a count window has no seconds.
         self._ticks = itertools.count()
@@ -260,6 +276,10 @@ class CircuitBreaker:
         with self._lock:
             state = self._state
             if state is _OPEN and self._clock.monotonic() >= self._open_until:
+                if self._fleet_gate and not self._fleet_lease:
+                    # Shared state: another process probes for the fleet (or will).
+                    self._rejected += 1
+                    return REJECTED
                 transition = self._move(_HALF_OPEN, 0.0)
                 state = _HALF_OPEN
             if state is _HALF_OPEN:
@@ -275,7 +295,7 @@ class CircuitBreaker:
                 self._rejected += 1
                 token = REJECTED
         if transition is not None:
-            _report(transition)
+            _report(transition, self)
         return token
 
     def rejection(self, error_class: type[CircuitOpenError] = CircuitOpenError) -> CircuitOpenError:
@@ -363,18 +383,9 @@ class CircuitBreaker:
                     self._consecutive = 0
                     if not slow:
                         return
-                calls = window.calls
-                limit = policy.consecutive_failures
-                # Rates are compared as quotients: 7 / 25 >= 0.28 holds, while
-                # 7 >= 0.28 * 25 (= 7.000000000000001) would not.
-                if (limit is not None and self._consecutive >= limit) or (
-                    calls >= self._minimum_calls
-                    and (
-                        window.failures / calls >= policy.failure_rate
-                        or (slow_limit is not None and window.slow / calls >= policy.slow_call_rate)
-                    )
-                ):
-                    transition = self._open(now, window.failures / calls if calls else 1.0)
+                rate = self._trip_rate(window)
+                if rate is not None:
+                    transition = self._open(now, rate)
             elif state is _HALF_OPEN:
                 if failed is None:
                     self._permits -= 1
@@ -386,7 +397,7 @@ class CircuitBreaker:
                     if self._probe_successes >= policy.half_open_calls:
                         transition = self._move(_CLOSED, 0.0)
         if transition is not None:
-            _report(transition)
+            _report(transition, self)
 
     # -- fork (see otelres._fork) ---------------------------------------------------
 
@@ -403,6 +414,31 @@ class CircuitBreaker:
         self._epoch += 1
         self._permits = 0
         self._probe_successes = 0
+
+    def _trip_rate(self, window: Window) -> float | None:
+        """The failure rate to open at, or None while the trip conditions do not hold
+        (lock held). With shared state the rule sees the fleet's combined window.
+        """
+        policy = self.policy
+        calls, failures, slow = window.calls, window.failures, window.slow
+        fleet = self._fleet
+        if fleet is not None:
+            calls += fleet[0]
+            failures += fleet[1]
+            slow += fleet[2]
+        limit = policy.consecutive_failures
+        slow_limit = policy.slow_call_seconds
+        # Rates are compared as quotients: 7 / 25 >= 0.28 holds, while
+        # 7 >= 0.28 * 25 (= 7.000000000000001) would not.
+        if (limit is not None and self._consecutive >= limit) or (
+            calls >= self._minimum_calls
+            and (
+                failures / calls >= policy.failure_rate
+                or (slow_limit is not None and slow / calls >= policy.slow_call_rate)
+            )
+        ):
+            return failures / calls if calls else 1.0
+        return None
 
     def _fold_ticks(self) -> None:
         """Fold the lock-free successes into the counters and the window (lock held)."""
@@ -435,6 +471,8 @@ class CircuitBreaker:
         self._transitions += 1
         self._permits = 0
         self._probe_successes = 0
+        if to is not _HALF_OPEN:
+            self._fleet_lease = False  # a lease is for one half-open period
         # The window belongs to one closed period: it starts empty each time.
         self._window.clear()
         if self.policy.window_calls is None:
@@ -443,6 +481,57 @@ class CircuitBreaker:
             self._consecutive = 0
             self._reopens = 0
         return Transition(self.name, from_state, to, failure_rate, self._transitions, self._clock.monotonic())
+
+    # -- shared state (driven by otelres._fleet's thread) --------------------------
+
+    def fleet_view(self) -> tuple[State, int, BreakerStats, bool]:
+        """The state, the transition count, the window and whether this process holds
+        the fleet's half-open lease, for publishing (the seq is read first: a move
+        after it shows as a changed seq when the fleet's answer is applied).
+        """
+        seq = self._transitions
+        return self._state, seq, self.stats(), self._fleet_lease
+
+    def fleet_update(
+        self, others: tuple[int, int, int] | None, *, gate: bool, lease: bool | None = None
+    ) -> None:
+        """Take the other processes' window (None: deciding alone), whether a probe
+        needs the fleet's lease, and (when given) whether this process holds it; a
+        granted lease lets an open breaker probe on its next call.
+        """
+        self._fleet = others
+        self._fleet_gate = gate
+        if lease is not None:
+            with self._lock:
+                if lease and self._state is _OPEN:
+                    self._open_until = min(self._open_until, self._clock.monotonic())
+                if self._state is not _HALF_OPEN or lease:
+                    self._fleet_lease = lease
+
+    def follow(self, state: State, remaining: float, seq: int) -> bool:
+        """Move to the fleet's ``state`` (``remaining``: seconds of its open period
+        left) unless this breaker has moved since ``seq`` was read (its own news
+        goes out first); False when it had. An open breaker takes the fleet's end
+        of the open period; a closed one opens; a half-open one probing for the
+        fleet finishes its probes.
+        """
+        transition = None
+        with self._lock:
+            if self._transitions != seq:
+                return False
+            current = self._state
+            now = self._clock.monotonic()
+            if state is _OPEN:
+                if current is _OPEN:
+                    self._open_until = now + max(0.0, remaining)
+                elif current is _CLOSED or (current is _HALF_OPEN and not self._fleet_lease):
+                    transition = self._move(_OPEN, 1.0)
+                    self._open_until = now + max(0.0, remaining)
+            elif current is not state:
+                transition = self._move(state, 0.0)
+        if transition is not None:
+            _report(transition, self)
+        return True
 
     def transition_to(self, state: State | str) -> None:
         """Move to ``state`` by hand: ``forced_open`` rejects everything until
@@ -457,7 +546,7 @@ class CircuitBreaker:
                 transition = self._open(self._clock.monotonic(), 1.0)
             else:
                 transition = self._move(target, 0.0)
-        _report(transition)
+        _report(transition, self)
 
     def force_open(self) -> None:
         """Reject every call until :meth:`reset` (or another manual transition)."""

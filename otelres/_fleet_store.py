@@ -1,0 +1,305 @@
+"""Breaker state shared by a fleet of processes, as it is kept in Redis.
+
+One scripted round trip per process per interval (:meth:`FleetStore.sync`)
+publishes the process's windows and news and reads back the fleet's view; the
+call path never touches Redis. Keys, all under ``otelres:{service}:`` and all
+expiring, so that a dead process's counts vanish by themselves:
+
+- ``procs``: a sorted set of the live processes, scored by their last sync
+  (Redis's clock: the fleet's hosts need not agree on the time);
+- ``p:{process}``: per breaker, that process's state and window
+  (``state calls failures slow``), for ``ttl`` milliseconds;
+- ``b:{breaker}``: the fleet's state of one breaker: ``state``, ``episode``
+  (moves with every fleet transition), ``until`` (end of the open period),
+  ``reopens``, and the half-open ``lease`` (the one process that probes for
+  the fleet) with its expiry ``lease_until``;
+- ``breakers``: the names, for ``python -m otelres breakers``.
+
+The script decides every change of a fleet state, so two processes racing to
+open one breaker make one open period, and exactly one process at a time holds
+the lease.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["CONTROL_STATES", "BreakerReport", "FleetState", "FleetStore", "Published", "new_process_id"]
+
+#: A day: how long a breaker's fleet state outlives the last process that used it.
+KEEP_MS = 86_400_000
+
+#: The states an operator can set from the command line (``reset`` sets ``closed``).
+CONTROL_STATES = ("forced_open", "disabled", "closed")
+
+# Events (what changed in this process since its last sync) and wants (the lease).
+OPENED, REOPENED, CLOSED, NO_EVENT = "O", "R", "C", "-"
+WANTS_LEASE, HOLDS_LEASE, NO_WANT = "L", "H", "-"
+
+_FIELDS_OUT = 9  # per breaker, in its answer
+
+_SYNC = """
+local ns, proc = ARGV[1], ARGV[2]
+local ttl, lease_ms, n = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = tonumber(ARGV[6])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local procs = ns .. 'procs'
+redis.call('ZADD', procs, now, proc)
+redis.call('ZREMRANGEBYSCORE', procs, '-inf', now - ttl)
+redis.call('PEXPIRE', procs, ttl)
+local live = redis.call('ZRANGE', procs, 0, -1)
+local mine = ns .. 'p:' .. proc
+redis.call('DEL', mine)
+local out = {now, #live}
+for i = 0, n - 1 do
+  local a = 7 + i * 11
+  local name, lstate = ARGV[a], ARGV[a + 1]
+  local event, want, left = ARGV[a + 5], ARGV[a + 6], tonumber(ARGV[a + 7])
+  local open_ms, backoff, max_ms = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10])
+  redis.call('HSET', mine, name, lstate .. ' ' .. ARGV[a + 2] .. ' ' .. ARGV[a + 3] .. ' ' .. ARGV[a + 4])
+  local key = ns .. 'b:' .. name
+  local f = redis.call('HMGET', key, 'state', 'episode', 'until', 'reopens', 'lease', 'lease_until')
+  local exists = f[1] ~= false
+  local state, episode = f[1] or 'closed', tonumber(f[2]) or 0
+  local until_, reopens = tonumber(f[3]) or 0, tonumber(f[4]) or 0
+  local lease, lease_until = f[5] or '', tonumber(f[6]) or 0
+  local changed = false
+  if not exists and lstate == 'open' then
+    event = 'O' -- flushed, or new to the fleet while open here: this process's open period stands
+  end
+  if event == 'O' and state == 'closed' then
+    state, episode, reopens, until_, lease, changed = 'open', episode + 1, 0, now + left, '', true
+  elseif event == 'R' and (state == 'closed' or (state == 'open' and lease == proc)) then
+    if state == 'open' then reopens = reopens + 1 else reopens = 0 end
+    local wait = math.min(max_ms, open_ms * backoff ^ math.min(reopens, 64))
+    state, episode, until_, lease, changed = 'open', episode + 1, now + wait, '', true
+  elseif event == 'C' and state == 'open' and lease == proc then
+    state, reopens, lease, changed = 'closed', 0, '', true
+  end
+  local granted = 0
+  if state == 'open' and now >= until_ then
+    if lease == proc and (want == 'H' or lease_until > now) then
+      if want == 'H' then lease_until = now + lease_ms end
+      granted, changed = 1, true
+    elseif want == 'L' and (lease == '' or lease_until <= now) then
+      lease, lease_until, granted, changed = proc, now + lease_ms, 1, true
+    end
+  end
+  if changed then
+    redis.call('HSET', key, 'state', state, 'episode', episode, 'until', until_, 'reopens', reopens,
+      'lease', lease, 'lease_until', lease_until, 'at', now)
+  end
+  if changed or exists then
+    redis.call('PEXPIRE', key, KEEP)
+    redis.call('SADD', ns .. 'breakers', name)
+  end
+  local calls, failures, slow, seen, differ = 0, 0, 0, 0, 0
+  for _, other in ipairs(live) do
+    local row = redis.call('HGET', ns .. 'p:' .. other, name)
+    if row then
+      seen = seen + 1
+      local s, c, fl, sl = string.match(row, '^(%S+) (%d+) (%d+) (%d+)$')
+      if s ~= state and not (state == 'open' and s == 'half_open') then differ = differ + 1 end
+      if other ~= proc and s == 'closed' then
+        calls, failures, slow = calls + tonumber(c), failures + tonumber(fl), slow + tonumber(sl)
+      end
+    end
+  end
+  if not exists and not changed then state = '' end
+  table.insert(out, state)
+  table.insert(out, episode)
+  table.insert(out, math.max(0, until_ - now))
+  table.insert(out, granted)
+  table.insert(out, calls)
+  table.insert(out, failures)
+  table.insert(out, slow)
+  table.insert(out, seen)
+  table.insert(out, differ)
+end
+redis.call('PEXPIRE', mine, ttl)
+redis.call('PEXPIRE', ns .. 'breakers', KEEP)
+return out
+""".replace("KEEP", str(KEEP_MS))
+
+_CONTROL = """
+local key = ARGV[1] .. 'b:' .. ARGV[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local episode = (tonumber(redis.call('HGET', key, 'episode')) or 0) + 1
+redis.call('HSET', key, 'state', ARGV[3], 'episode', episode, 'until', now, 'reopens', 0,
+  'lease', '', 'lease_until', 0, 'at', now)
+redis.call('PEXPIRE', key, KEEP)
+redis.call('SADD', ARGV[1] .. 'breakers', ARGV[2])
+redis.call('PEXPIRE', ARGV[1] .. 'breakers', KEEP)
+return episode
+""".replace("KEEP", str(KEEP_MS))
+
+
+def new_process_id() -> str:
+    """A fresh id for this process in the fleet (a forked child takes a new one)."""
+    return uuid.uuid4().hex[:16]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Published:
+    """What one process publishes about one breaker in a sync."""
+
+    name: str
+    state: str
+    calls: int
+    failures: int
+    slow: int
+    event: str = NO_EVENT
+    want: str = NO_WANT
+    #: Seconds left of this process's open period (an opened breaker's news).
+    remaining: float = 0.0
+    open_seconds: float = 0.0
+    open_backoff: float = 1.0
+    max_open_seconds: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetState:
+    """The fleet's view of one breaker, as one sync returned it.
+
+    ``state`` is empty when the fleet has none (nothing opened it, or Redis was
+    flushed): then the process decides alone. ``others`` is the other
+    processes' combined window (calls, failures, slow) while they are closed;
+    ``processes`` how many live processes use the breaker, ``disagreeing`` how
+    many of them are in another state than the fleet's.
+    """
+
+    state: str
+    episode: int
+    remaining: float
+    lease: bool
+    others: tuple[int, int, int]
+    processes: int
+    disagreeing: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BreakerReport:
+    """One breaker as ``python -m otelres breakers`` lists it."""
+
+    name: str
+    state: str
+    episode: int
+    remaining: float
+    lease: str
+    processes: dict[str, int]
+
+
+class FleetStore:
+    """The Redis side of shared state: one client, the scripts, the key names."""
+
+    def __init__(self, client: Any, service: str) -> None:
+        self.client = client
+        self.namespace = f"otelres:{service}:"
+        self._sync = client.register_script(_SYNC)
+        self._control = client.register_script(_CONTROL)
+
+    def sync(
+        self,
+        process: str,
+        breakers: Sequence[Published],
+        *,
+        ttl: float,
+        lease: float,
+        now: float | None = None,
+    ) -> tuple[int, dict[str, FleetState]]:
+        """Publish this process's breakers and read the fleet's view of each, in one
+        round trip; returns the number of live processes and the views by name.
+
+        Time is Redis's (the fleet's hosts need not agree on it), or ``now``
+        (seconds since the epoch) when a test drives the clock.
+        """
+        now_ms = 0 if now is None else int(now * 1000)
+        args: list[Any] = [
+            self.namespace,
+            process,
+            int(ttl * 1000),
+            int(lease * 1000),
+            len(breakers),
+            now_ms,
+        ]
+        for b in breakers:
+            args += [
+                b.name,
+                b.state,
+                b.calls,
+                b.failures,
+                b.slow,
+                b.event,
+                b.want,
+                int(b.remaining * 1000),
+                int(b.open_seconds * 1000),
+                b.open_backoff,
+                int(b.max_open_seconds * 1000),
+            ]
+        out = self._sync(args=args)
+        views = {}
+        for i, b in enumerate(breakers):
+            row = out[2 + i * _FIELDS_OUT : 2 + (i + 1) * _FIELDS_OUT]
+            state = row[0].decode() if isinstance(row[0], bytes) else str(row[0])
+            views[b.name] = FleetState(
+                state=state,
+                episode=int(row[1]),
+                remaining=int(row[2]) / 1000,
+                lease=bool(int(row[3])),
+                others=(int(row[4]), int(row[5]), int(row[6])),
+                processes=int(row[7]),
+                disagreeing=int(row[8]),
+            )
+        return int(out[1]), views
+
+    def control(self, breaker: str, state: str) -> int:
+        """Set a breaker's fleet state by hand (``forced_open``, ``disabled``, or
+        ``closed`` to reset it); every process follows within two intervals.
+        Returns the new episode.
+        """
+        if state not in CONTROL_STATES:
+            msg = f"state must be one of {', '.join(CONTROL_STATES)}, not {state!r}"
+            raise ValueError(msg)
+        return int(self._control(args=[self.namespace, breaker, state]))
+
+    def report(self) -> list[BreakerReport]:
+        """Every breaker the fleet knows, with how many live processes are in each state."""
+        ns = self.namespace
+        client = self.client
+        live = [p.decode() for p in client.zrange(ns + "procs", 0, -1)]
+        names = sorted(n.decode() for n in client.smembers(ns + "breakers"))
+        now_s, now_us = client.time()
+        now = now_s * 1000 + now_us // 1000
+        reports = []
+        rows = {p: client.hgetall(f"{ns}p:{p}") for p in live}
+        for name in names:
+            fields = {k.decode(): v.decode() for k, v in client.hgetall(f"{ns}b:{name}").items()}
+            counts: dict[str, int] = {}
+            for row in rows.values():
+                value = row.get(name.encode())
+                if value is not None:
+                    local = value.decode().split(" ", 1)[0]
+                    counts[local] = counts.get(local, 0) + 1
+            lease = fields.get("lease", "")
+            if lease and int(fields.get("lease_until", "0")) <= now:
+                lease = ""
+            reports.append(
+                BreakerReport(
+                    name=name,
+                    state=fields.get("state", "closed"),
+                    episode=int(fields.get("episode", "0")),
+                    remaining=max(0, int(fields.get("until", "0")) - now) / 1000,
+                    lease=lease,
+                    processes=counts,
+                )
+            )
+        return reports
