@@ -18,7 +18,7 @@ from ._fallback import Fallback
 from ._flow import Guard, current_attempt
 from ._idempotency import retry_unsafe
 from ._instrument import instrument, uninstrument
-from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy
+from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy, SharedState
 from ._registry import Profile, Registry, default_registry
 from ._resilience import Attempt, Resilience, resilient
 
@@ -44,6 +44,7 @@ __all__ = [
     "RetryError",
     "RetryPolicy",
     "Settings",
+    "SharedState",
     "State",
     "Transition",
     "add_listener",

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 from ._names import safe_name
-from ._policy import BreakerPolicy, BudgetPolicy, HttpPolicy, RetryPolicy
+from ._policy import BreakerPolicy, BudgetPolicy, HttpPolicy, RetryPolicy, SharedState
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +38,8 @@ _log = logging.getLogger("otelres")
 
 __all__ = ["KEYS", "Key", "Settings", "Target", "configure", "current", "env_name", "load_settings"]
 
-Kind = Literal["int", "float", "bool", "str"]
+#: ``str`` is an enumeration (compared in lower case); ``text`` is kept as written (a URL).
+Kind = Literal["int", "float", "bool", "str", "text"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ class Key:
 
     @property
     def section(self) -> str:
-        """``retry``, ``breaker``, ``budget``, or ``""`` for a top-level key."""
+        """``retry``, ``breaker``, ``budget``, ``http``, ``shared_state``, or ``""`` for a top-level key."""
         return self.name.partition(".")[0] if "." in self.name else ""
 
     @property
@@ -93,10 +94,23 @@ KEYS: dict[str, Key] = {
         Key("budget.enabled", "bool"),
         Key("http.retry_500", "bool"),
         Key("http.retry_unsafe", "bool"),
+        Key("shared_state.url", "text", optional=True),
+        Key("shared_state.interval", "float"),
+        Key("shared_state.service", "text", optional=True),
     )
 }
-_TARGET_KEYS = frozenset(k for k in KEYS if k != "max_breakers")
-_ALLOWED = {"int": "an integer", "float": "a number", "bool": "true | false", "str": "a string"}
+#: Settings of the whole process, not of one target.
+_PROCESS_KEYS = frozenset(k for k in KEYS if k == "max_breakers" or k.startswith("shared_state."))
+_TARGET_KEYS = frozenset(KEYS) - _PROCESS_KEYS
+#: Environment variables that name a key by a shorter name than env_name() gives.
+_ENV_ALIASES = {"OTELRES_SHARED_STATE": "shared_state.url"}
+_ALLOWED = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true | false",
+    "str": "a string",
+    "text": "a string",
+}
 DEFAULT_MAX_BREAKERS = 256
 
 
@@ -105,7 +119,9 @@ DEFAULT_MAX_BREAKERS = 256
 _PAIRS = {"retry.max_delay": "retry.base_delay", "breaker.max_open_seconds": "breaker.open_seconds"}
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_SECTIONS = ("retry", "breaker", "budget", "http")
+_SECTIONS = ("retry", "breaker", "budget", "http", "shared_state")
+#: The sections that make a :class:`Target` (``shared_state`` is the process's).
+_TARGET_SECTIONS = ("retry", "breaker", "budget", "http")
 
 #: One layer of configuration: dotted key -> (value, where it came from).
 _Layer = dict[str, tuple[object, str]]
@@ -126,6 +142,8 @@ def _parse_env(var: str, key: Key, text: str) -> object:
     elif key.kind == "float":
         if _FLOAT.fullmatch(raw):
             return float(raw)
+    elif key.kind == "text":
+        return raw
     else:
         return raw.lower()  # the only string key is an enumeration (retry.jitter)
     raise ConfigError(var, text, allowed)
@@ -140,6 +158,7 @@ def _check_type(where: str, key: Key, value: object) -> object:
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "str": isinstance(value, str),
+        "text": isinstance(value, str),
     }[key.kind]
     if not ok:
         raise ConfigError(where, value, _ALLOWED[key.kind] + (" or None" if key.optional else ""))
@@ -174,7 +193,7 @@ def _unknown(where: str, key: str, known: Iterable[str]) -> ConfigError:
 
 def _build(layer: _Layer, base: Target) -> Target:
     """Apply a layer of dotted keys to ``base``, validated by the policies."""
-    sections: dict[str, dict[str, object]] = {name: {} for name in _SECTIONS}
+    sections: dict[str, dict[str, object]] = {name: {} for name in _TARGET_SECTIONS}
     enabled = base.enabled
     for name, (value, _source) in layer.items():
         key = KEYS[name]
@@ -220,6 +239,8 @@ class Settings:
     )
     targets: Mapping[str, Target] = dataclasses.field(default_factory=dict)
     max_breakers: int = DEFAULT_MAX_BREAKERS
+    #: Breaker state shared across processes on Redis (None: each process alone).
+    shared_state: SharedState | None = None
 
     @property
     def enabled(self) -> bool:
@@ -300,7 +321,7 @@ def _unknown_variable(var: str, known: Iterable[str]) -> None:
 
 def _layer_of_env(env: Mapping[str, str]) -> _Layer:
     layer: _Layer = {}
-    names = {env_name(name): name for name in KEYS}
+    names = {env_name(name): name for name in KEYS} | _ENV_ALIASES
     for var, text in env.items():
         if not var.startswith("OTELRES_") or var == "OTELRES_CONFIG":
             continue
@@ -356,6 +377,10 @@ def load_settings(
     # its section; keys given in code still apply on top of it.
     layer = {name: entry for name, entry in layer.items() if KEYS[name].section not in policies}
     layer.update(code)
+    shared_state = _shared_state(
+        {name: layer.pop(name) for name in list(layer) if name.startswith("shared_state.")},
+        policies.get("shared_state"),
+    )
     max_breakers, source = layer.pop("max_breakers", (DEFAULT_MAX_BREAKERS, "max_breakers"))
     if type(max_breakers) is not int or not 1 <= max_breakers <= 100_000:
         raise ConfigError(source, max_breakers, "an integer >= 1 and <= 100000")
@@ -371,7 +396,24 @@ def load_settings(
     for target, table in target_tables.items():
         where = f'{path}: targets."{target}".'
         targets[_target_key(target)] = _build(_layer_of_table(where, table, _TARGET_KEYS), default)
-    return Settings(default, targets, max_breakers)
+    return Settings(default, targets, max_breakers, shared_state)
+
+
+def _shared_state(layer: _Layer, given: object) -> SharedState | None:
+    """The shared-state settings: a whole :class:`SharedState` from code, with keys
+    from any layer over it; None (each process alone) without a URL.
+    """
+    if given is not None and not isinstance(given, SharedState):
+        raise ConfigError("shared_state", given, "an otelres.SharedState or a mapping of its keys")
+    fields = {KEYS[name].field: value for name, (value, _source) in layer.items()}
+    if given is not None:
+        fields = {**dataclasses.asdict(given), **fields}
+    if fields.get("url") is None:
+        return None  # nothing to share through: an interval alone changes nothing
+    try:
+        return SharedState(**fields)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise _blame(exc, layer) from None
 
 
 def _policy_or_default(section: str, policies: Mapping[str, object], cls: type[Any]) -> Any:

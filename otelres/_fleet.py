@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
@@ -47,7 +47,8 @@ from ._fleet_store import (
     Published,
     new_process_id,
 )
-from ._names import without_userinfo
+from ._names import safe_name
+from ._policy import SharedState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -59,54 +60,6 @@ __all__ = ["Fleet", "SharedState", "current", "redis_client", "service_name", "s
 _log = logging.getLogger("otelres")
 
 _OPEN, _HALF_OPEN, _CLOSED = State.OPEN, State.HALF_OPEN, State.CLOSED
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SharedState:
-    """Where the fleet's breaker state lives and how often a process syncs with it.
-
-    ``url``: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a
-    socket); ``interval``: seconds between syncs; ``service``: the key
-    namespace (default: ``OTEL_SERVICE_NAME``): processes of one service share
-    their breakers, other services never see them.
-    """
-
-    url: str
-    interval: float = 1.0
-    service: str | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            parts = urlsplit(self.url)
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError:
-            parts = None
-        if (
-            parts is None
-            or parts.scheme not in ("redis", "rediss", "unix")
-            or not (parts.hostname or parts.path)
-        ):
-            raise ConfigError(
-                "shared_state.url",
-                without_userinfo(self.url),
-                "redis://host:port/db, rediss://... or unix://...",
-            )
-        if (
-            isinstance(self.interval, bool)
-            or not isinstance(self.interval, (int, float))
-            or not (0.05 <= self.interval <= 60)
-        ):
-            raise ConfigError("shared_state.interval", self.interval, "a number of seconds from 0.05 to 60")
-
-    @property
-    def ttl(self) -> float:
-        """How long a process's published counts live after its last sync."""
-        return max(3 * self.interval, 1.0)
-
-    @property
-    def timeout(self) -> float:
-        """The round trip's time limit: past it the process decides alone."""
-        return min(0.5, self.interval / 2)
 
 
 def service_name(env: Mapping[str, str] | None = None) -> str:
@@ -134,7 +87,7 @@ def redis_client(url: str, timeout: float) -> Any:
         from redis.retry import Retry  # noqa: PLC0415
     except ImportError:
         raise ConfigError(
-            "shared_state.url", without_userinfo(url), "redis-py installed (pip install 'otelres[redis]')"
+            "shared_state.url", safe_name(url), "redis-py installed (pip install 'otelres[redis]')"
         ) from None
     return redis.Redis.from_url(
         url,
@@ -287,7 +240,7 @@ class Fleet:
 
     @property
     def _where(self) -> str:
-        return without_userinfo(self.config.url)
+        return safe_name(self.config.url)
 
     def _connect(self) -> FleetStore:
         self._store = FleetStore(redis_client(self.config.url, self.config.timeout), self.service)

@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +126,7 @@ def instrument(
             _config.configure(settings)
         if not settings.enabled:
             return
+        _share(settings)
         from . import telemetry  # noqa: PLC0415 - OpenTelemetry loads only when asked for
 
         if _instrumented:
@@ -218,6 +220,21 @@ class _Undo:
         self._kept.restore()
 
 
+def _share(settings: _config.Settings | None) -> None:
+    """Start (or stop) sharing breaker state across processes as the settings say:
+    the fleet's thread connects on its own, so no start-up waits for Redis.
+    """
+    config = settings.shared_state if settings is not None else None
+    if config is None and "otelres._fleet" not in sys.modules:
+        return  # never turned on: nothing to import or stop
+    from . import _fleet  # noqa: PLC0415 - only with shared state on
+
+    if config is None:
+        _fleet.stop()
+    else:
+        _fleet.start(config)
+
+
 def uninstrument() -> None:
     """Undo :func:`instrument` (idempotent)."""
     global _instrumented  # noqa: PLW0603
@@ -229,4 +246,5 @@ def uninstrument() -> None:
         from . import telemetry  # noqa: PLC0415
 
         telemetry.disable()
+        _share(None)
         _instrumented = False

@@ -13,11 +13,13 @@ import difflib
 import math
 from collections.abc import Callable
 from typing import Any, TypeVar, Union
+from urllib.parse import urlsplit
 
 from ._backoff import JITTER_MODES, Jitter
 from ._deadline import caused_by_caller_deadline
 from ._dependency import is_dependency_error
 from ._errors import CircuitOpenError, ConfigError
+from ._names import safe_name
 
 __all__ = [
     "BreakerPolicy",
@@ -25,6 +27,7 @@ __all__ = [
     "ExceptionMatcher",
     "HttpPolicy",
     "RetryPolicy",
+    "SharedState",
     "as_exception_predicate",
 ]
 
@@ -318,3 +321,55 @@ class HttpPolicy(_Evolve):
         for key in ("retry_500", "retry_unsafe"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"http.{key}", getattr(self, key), "true | false")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SharedState:
+    """Where the fleet's breaker state lives and how often a process syncs with it.
+
+    ``url``: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a
+    socket); ``interval``: seconds between syncs; ``service``: the key
+    namespace (default: ``OTEL_SERVICE_NAME``): processes of one service share
+    their breakers, other services never see them.
+    """
+
+    url: str = dataclasses.field(repr=False)
+    interval: float = 1.0
+    service: str | None = None
+
+    def __post_init__(self) -> None:
+        parts = None
+        if isinstance(self.url, str):
+            try:
+                parts = urlsplit(self.url)
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError:
+                parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("redis", "rediss", "unix")
+            or not (parts.hostname or parts.path)
+        ):
+            # Never a password in a message: the URL as telemetry would show a name.
+            shown = safe_name(self.url) if isinstance(self.url, str) and self.url.strip() else self.url
+            raise ConfigError(
+                "shared_state.url", shown, "redis://host:port/db, rediss://host:port/db or unix:///path"
+            )
+        _check_number("shared_state.interval", self.interval, low=0.05, high=60.0)
+        if self.service is not None and (not isinstance(self.service, str) or not self.service.strip()):
+            raise ConfigError("shared_state.service", self.service, "a non-empty service name, or None")
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedState(url={safe_name(self.url)!r}, interval={self.interval!r}, service={self.service!r})"
+        )
+
+    @property
+    def ttl(self) -> float:
+        """How long a process's published counts live after its last sync."""
+        return max(3 * self.interval, 1.0)
+
+    @property
+    def timeout(self) -> float:
+        """The round trip's time limit: past it the process decides alone."""
+        return min(0.5, self.interval / 2)
