@@ -136,6 +136,7 @@ class Fleet:
         self._clock = clock
         self._events: dict[str, str] = {}
         self._seen: dict[str, _Seen] = {}
+        self._following = threading.local()
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -220,7 +221,12 @@ class Fleet:
         seen = self._seen.setdefault(breaker.name, _Seen())
         if (view.state, view.episode) == (seen.state, seen.episode):
             return
-        if breaker.follow(State(view.state), view.remaining, seq):
+        self._following.active = True  # the moves this makes are not news (on_transition)
+        try:
+            followed = breaker.follow(State(view.state), view.remaining, seq)
+        finally:
+            self._following.active = False
+        if followed:
             seen.state, seen.episode = view.state, view.episode
 
     def _alone(self, breakers: list[CircuitBreaker], exc: Exception) -> None:
@@ -257,10 +263,10 @@ class Fleet:
     def on_transition(self, breaker: CircuitBreaker, transition: Transition) -> None:
         """A breaker moved: note what the fleet must hear, and sync at once.
 
-        Moves made by following the fleet (on this object's thread) are not news,
-        nor are those of breakers this member does not publish.
+        Moves made by following the fleet (in this thread, right now) are not
+        news, nor are those of breakers this member does not publish.
         """
-        if threading.current_thread() is self._thread or not any(b is breaker for b in self._breakers()):
+        if getattr(self._following, "active", False) or not any(b is breaker for b in self._breakers()):
             return
         came, went = transition.from_state, transition.to_state
         if went is _OPEN:
