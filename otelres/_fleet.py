@@ -308,7 +308,10 @@ class Fleet:
 
     def _run(self) -> None:
         while not self._stopped.is_set():
-            self.sync_once()
+            try:
+                self.sync_once()
+            except Exception:  # noqa: BLE001 - a bug here must not end sharing for the process
+                _log.exception("otelres: shared state sync failed; trying again next interval")
             self._wake.wait(self.config.interval)
             self._wake.clear()
 
