@@ -3,12 +3,17 @@
 This is Envoy's retry budget. Counting uses two deques, whose ``append`` and
 ``pop`` are atomic in CPython (and internally locked on free-threaded builds),
 so the hot path takes no lock and ``len()`` is the number in flight.
+
+A forked child starts with both empty (the calls in flight were the parent's
+threads'), so every pop tolerates an empty deque: the forking thread's own
+call, in flight at the fork, still ends in the child.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+from . import _fork
 from ._policy import BudgetPolicy
 
 __all__ = ["RetryBudget"]
@@ -17,7 +22,7 @@ __all__ = ["RetryBudget"]
 class RetryBudget:
     """The calls and retries in flight against one dependency."""
 
-    __slots__ = ("_retries", "calls", "policy")
+    __slots__ = ("__weakref__", "_retries", "calls", "policy")
 
     def __init__(self, policy: BudgetPolicy | None = None) -> None:
         self.policy = policy if policy is not None else BudgetPolicy()
@@ -25,6 +30,15 @@ class RetryBudget:
         #: a hot path (``call_started``/``call_ended`` are the same, spelled out).
         self.calls: deque[None] = deque()
         self._retries: deque[None] = deque()
+        _fork.renew(self)
+
+    def _after_fork_in_child(self) -> None:
+        """Nothing is in flight in a new process: the calls counted were other threads'.
+
+        Emptied in place: guards hold ``calls`` itself (their ``in_flight``).
+        """
+        self.calls.clear()
+        self._retries.clear()
 
     @property
     def calls_in_flight(self) -> int:
@@ -47,7 +61,10 @@ class RetryBudget:
 
     def call_ended(self) -> None:
         """A logical call ended (whatever its outcome)."""
-        self.calls.pop()
+        try:  # noqa: SIM105 - a try is free on 3.11+, suppress() is a call
+            self.calls.pop()
+        except IndexError:  # begun before a fork, ended in the child
+            pass
 
     def try_retry(self) -> bool:
         """Take a retry slot if the budget allows; False means the retry is suppressed.
@@ -64,4 +81,7 @@ class RetryBudget:
 
     def retry_ended(self) -> None:
         """The attempt a slot was taken for has ended."""
-        self._retries.pop()
+        try:  # noqa: SIM105 - a try is free on 3.11+, suppress() is a call
+            self._retries.pop()
+        except IndexError:  # taken before a fork, ended in the child
+            pass

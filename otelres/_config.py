@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from . import _fork
 from ._errors import ConfigError
 from ._names import safe_name
 from ._policy import BreakerPolicy, BudgetPolicy, HttpPolicy, RetryPolicy, SharedState
@@ -300,6 +301,7 @@ def _layer_of_table(where: str, table: Mapping[str, Any], known: frozenset[str])
 #: The unknown ``OTELRES_*`` variables already warned about: one warning per name per process.
 _warned_variables: set[str] = set()
 _warned_lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_warned_lock")
 
 
 def _unknown_variable(var: str, known: Iterable[str]) -> None:
@@ -454,6 +456,7 @@ def _read_file(path: str) -> tuple[_Layer, dict[str, Mapping[str, Any]]]:
 
 _current: Settings | None = None
 _lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_lock")
 
 
 def current() -> Settings:

@@ -15,10 +15,13 @@ Listeners written against the per-kind methods of otelres 0.1 (``on_retry``,
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import warnings
 from typing import TYPE_CHECKING, Final, NamedTuple
+
+from . import _fork
 
 if TYPE_CHECKING:
     from ._breaker import Transition
@@ -251,6 +254,7 @@ listeners: tuple[Listener, ...] = ()
 #: The registered listeners with ``per_call = True``.
 call_listeners: tuple[Listener, ...] = ()
 _lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_lock")
 
 
 def _registered(listener: Listener) -> Listener:
@@ -298,6 +302,7 @@ class _FailureLog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        _fork.renew(self, "_lock")
         self._last: dict[type, tuple[float, int]] = {}
 
     def clear(self) -> None:

@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from . import _fork
 from ._errors import ConfigError
 from ._policy import _check_number
 
@@ -45,7 +46,7 @@ def default_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
 class Fallback(Generic[_T]):
     """A fallback: build one with :meth:`value`, :meth:`call` or :meth:`stale`."""
 
-    __slots__ = ("_cache", "_factory", "_key", "_lock", "_max_age", "_max_size", "_otherwise")
+    __slots__ = ("__weakref__", "_cache", "_factory", "_key", "_lock", "_max_age", "_max_size", "_otherwise")
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class Fallback(Generic[_T]):
         self._otherwise = otherwise
         self._cache: OrderedDict[Hashable, tuple[float, _T]] = OrderedDict()
         self._lock = threading.Lock()
+        _fork.renew(self, "_lock")
 
     @classmethod
     def value(cls, value: _T) -> Fallback[_T]:

@@ -430,7 +430,10 @@ class Flow:
             self._end_retry()
         if self._attempt_token is not None:
             _ATTEMPT.reset(self._attempt_token)
-        guard.in_flight.pop()
+        try:  # noqa: SIM105 - a try is free on 3.11+, suppress() is a call
+            guard.in_flight.pop()
+        except IndexError:  # begun before a fork, ended in the child (otelres._budget)
+            pass
         if self._scopes is not None:
             started = self.started
             duration = guard.now() - started if started >= 0 else 0.0

@@ -26,7 +26,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from . import _config
+from . import _config, _fork
 from ._sdk import configure_sdk
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ INTEGRATIONS: dict[str, tuple[str, str, str]] = {
 }
 
 _lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_lock")
 _instrumented = False
 _patched: list[Any] = []
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from . import _config
+from . import _config, _fork
 from ._breaker import CircuitBreaker
 from ._budget import RetryBudget
 from ._clock import MONOTONIC, Clock
@@ -103,7 +104,17 @@ GENERIC = Profile("generic", others_succeed=None)
 class Registry:
     """Breakers and budgets by name, and the guards built on them; thread-safe; capped."""
 
-    __slots__ = ("_aliases", "_clock", "_entries", "_guards", "_guards_for", "_lock", "_settings", "_warned")
+    __slots__ = (
+        "__weakref__",
+        "_aliases",
+        "_clock",
+        "_entries",
+        "_guards",
+        "_guards_for",
+        "_lock",
+        "_settings",
+        "_warned",
+    )
 
     def __init__(
         self,
@@ -121,6 +132,7 @@ class Registry:
         self._aliases: dict[Profile, dict[str, Guard]] = {}
         self._guards_for: Settings | None = None
         self._lock = threading.Lock()
+        _fork.renew(self, "_lock")
         self._warned = False
 
     @property
@@ -313,6 +325,7 @@ def _compose(
 
 _default: Registry | None = None
 _default_lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_default_lock")
 
 
 def default_registry() -> Registry:

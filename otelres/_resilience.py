@@ -152,7 +152,10 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
             # A call through the same breaker inside this attempt may have judged it a failure.
             inner_failed = ENCLOSING.get() is not guard
             ENCLOSING.reset(entered)
-            in_flight.pop()
+            try:  # noqa: SIM105 - a try is free on 3.11+, suppress() is a call
+                in_flight.pop()
+            except IndexError:  # begun before a fork, ended in the child (otelres._budget)
+                pass
         if first is None:
             guard.record(token, inner_failed, started)
             return result
@@ -224,7 +227,10 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
             # A call through the same breaker inside this attempt may have judged it a failure.
             inner_failed = ENCLOSING.get() is not guard
             ENCLOSING.reset(entered)
-            in_flight.pop()
+            try:  # noqa: SIM105 - a try is free on 3.11+, suppress() is a call
+                in_flight.pop()
+            except IndexError:  # begun before a fork, ended in the child (otelres._budget)
+                pass
         if first is None:
             guard.record(token, inner_failed, started)
             return result

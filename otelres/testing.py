@@ -14,7 +14,7 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING
 
-from . import _events
+from . import _events, _fork
 from ._breaker import CircuitBreaker, State, Transition
 from ._events import Event, Listener
 from ._flow import testing_state
@@ -38,6 +38,7 @@ class FakeClock:
         self._now = start
         self._wall_offset = wall - start
         self._lock = threading.Lock()
+        _fork.renew(self, "_lock")
         self.sleeps: list[float] = []
 
     def monotonic(self) -> float:
@@ -116,6 +117,7 @@ class CapturedEvents(Listener):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        _fork.renew(self, "_lock")
         self.events: list[Event] = []
         self.transitions: list[Transition] = []
 

@@ -44,6 +44,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
+from otelres import _fork
 from otelres._registry import Profile, default_registry
 
 from ._rejections import with_rejection
@@ -335,6 +336,7 @@ class Subclasses:
         self._first = first
         self._made: dict[type, type] = {}
         self._lock = threading.Lock()
+        _fork.renew(self, "_lock")
 
     def get(self, base: type) -> type | None:
         """``base`` with the mixin; ``base`` itself if it has it; None if the two cannot mix."""

@@ -43,10 +43,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import sys
 import threading
 import types
 from typing import TYPE_CHECKING, Any
 
+from otelres import _fork
 from otelres._errors import CircuitOpenError
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ _BUILTIN: dict[str, tuple[type[BaseException], ...]] = {"asyncpg": (ConnectionEr
 
 _made: dict[str, type[CircuitOpenError]] = {}
 _lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_lock")
 
 
 def _init(self: CircuitOpenError, breaker: str, retry_after: float) -> None:

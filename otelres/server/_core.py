@@ -27,6 +27,7 @@ import urllib.parse
 import warnings
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
+from otelres import _fork
 from otelres._deadline import MAX_DEADLINE
 from otelres._degrade import DegradedSet
 from otelres._errors import ConfigError
@@ -299,6 +300,7 @@ class RequestRules:
         )
         self.asgi_key = None if deadline_header is None else deadline_header.lower().encode("latin-1")
         self._lock = threading.Lock()
+        _fork.renew(self, "_lock")
         #: How many requests carried a malformed or non-positive deadline header (ignored).
         self.malformed_headers = 0
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from wrapt import register_post_import_hook
 
+from otelres import _fork
 from otelres._errors import CircuitOpenError, OtelresError
 from otelres._patches import Patches
 from otelres.server._core import circuit_open_response, details_shown, log_rejected
@@ -171,6 +172,7 @@ class _State:
     def __init__(self) -> None:
         # Reentrant: a hook registered for a module already imported runs at once, inside instrument.
         self.lock = threading.RLock()
+        _fork.renew(self, "lock")
         self.active = False
         #: What instrument put on, taken off by uninstrument (a framework's wrapper goes on once).
         self.patches = Patches()

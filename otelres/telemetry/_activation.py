@@ -12,10 +12,11 @@ providers after :func:`enable` is noticed: the API's ``set_tracer_provider`` and
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import TYPE_CHECKING
 
-from otelres import _events
+from otelres import _events, _fork
 from otelres._patches import Patches
 from otelres._sdk import has_meter_provider, has_tracer_provider
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["active", "disable", "enable"]
 
 _lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_lock")
 _enabled = False
 _explicit: tuple[trace.TracerProvider | None, metrics.MeterProvider | None] | None = None
 _logs: LogEvents | None = None

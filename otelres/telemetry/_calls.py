@@ -11,6 +11,7 @@ per (breaker, label) and reused.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -19,7 +20,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otelres import _events
+from otelres import _events, _fork
 from otelres._breaker import LIVE
 from otelres._events import Event, Listener
 
@@ -52,6 +53,7 @@ class _Instruments:
     def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
         self.lock = threading.Lock()
         self.calls: dict[tuple[str, str], int] = {}
+        _fork.renew(self, "lock")
         self.attrs: dict[tuple[str, ...], dict[str, str]] = {}
         meter = metrics.get_meter(names.METER_NAME, _VERSION, meter_provider)
         self.duration = meter.create_histogram(
@@ -85,6 +87,13 @@ class _Instruments:
             description="1 for each breaker's current state, 0 for the others.",
         )
 
+    def _after_fork_in_child(self) -> None:
+        """A forked child is a process of its own (its own ``service.instance.id``, its own
+        Prometheus port): its calls count from zero, or every process forked from a parent
+        that made calls would report the parent's calls again.
+        """
+        self.calls = {}
+
     def attributes(self, breaker: str, key: str, value: str) -> dict[str, str]:
         """The attribute set ``{breaker, key: value}``, built once and reused."""
         found = self.attrs.get((breaker, key, value))
@@ -113,6 +122,7 @@ class _Instruments:
 
 _instruments: dict[object, _Instruments] = {}
 _instruments_lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_instruments_lock")
 
 
 def _instruments_for(meter_provider: metrics.MeterProvider | None) -> _Instruments:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from opentelemetry import trace
 
-from otelres import _events
+from otelres import _events, _fork
 from otelres._breaker import State
 from otelres._events import Event, Listener
 
@@ -88,6 +88,7 @@ class LogEvents(Listener):
         self._interval = rejected_interval
         self._clock = clock
         self._lock = threading.Lock()
+        _fork.renew(self, "_lock")
         # breaker -> [time of the last line, rejections since]
         self._rejections: dict[str, list[float]] = {}
 

@@ -7,7 +7,8 @@ out. Sync checks run in daemon threads of their own, so a hung one holds
 neither the event loop nor a worker of its default executor; a check has at
 most one run in flight, so a hung one holds one thread, however many probes
 arrive (a probe that finds it still running waits for that run, within its
-timeout, instead of starting another).
+timeout, instead of starting another). A forked child starts its checks afresh
+on first use: the parent's check threads are not in it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, cast
 
+from otelres import _fork
 from otelres._clock import MONOTONIC, Clock
 from otelres._registry import Registry, default_registry
 from otelres.server.health._report import CheckResult, Report, overall_status
@@ -140,6 +142,16 @@ class Readiness:
         self._tasks: set[asyncio.Task[None]] = set()
         #: The sync checks running now, by name: at most one run each.
         self._running: dict[str, _Run] = {}
+        _fork.renew(self, "_lock")
+
+    def _after_fork_in_child(self) -> None:
+        """The runs and the evaluation in flight were the parent's threads', which a forked
+        child does not have: forget them, so that the next evaluation runs every check afresh
+        (a probe would otherwise wait on a run that never ends). The cached report stays.
+        """
+        self._inflight = None
+        self._running = {}
+        self._tasks = set()
 
     def add(
         self,
