@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 
-from . import __version__
+from . import __version__, _cli_fleet
 
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -35,6 +35,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         metavar="PORT",
         help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics",
     )
+    _cli_fleet.add_parsers(commands)
     return parser, demo
 
 
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the sub-command."""
     parser, demo = _parser()
     args = parser.parse_args(argv)
+    if args.command in _cli_fleet.COMMANDS:
+        return _cli_fleet.run(args)
     if args.command == "demo":
         duration, port = args.duration, args.prometheus_port
         if duration is not None and not duration > 0:
