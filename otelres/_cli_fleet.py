@@ -218,34 +218,8 @@ def _store(url: str, service: str) -> FleetStore:
     return FleetStore(redis_client(url, TIMEOUT), service)
 
 
-def _reports(store: FleetStore) -> list[BreakerReport]:
-    """:meth:`FleetStore.report`, plus the breakers live processes publish but the
-    fleet holds no state of (none has opened yet: the store lists only those
-    with a fleet state), as ``closed`` (what the fleet's processes follow then).
-    An operator looking for a name to force open needs these above all.
-
-    Belongs in :meth:`FleetStore.report` (the union of ``breakers`` and the
-    processes' rows); done here so as not to change the store under its owner.
-    """
-    from ._fleet_store import BreakerReport  # noqa: PLC0415
-
-    reports = store.report()
-    listed = {r.name for r in reports}
-    ns, client = store.namespace, store.client
-    unlisted: dict[str, dict[str, int]] = {}
-    for process in client.zrange(ns + "procs", 0, -1):
-        for raw_name, row in client.hgetall(f"{ns}p:{process.decode()}").items():
-            name = raw_name.decode()
-            if name not in listed:
-                counts = unlisted.setdefault(name, {})
-                local = row.decode().split(" ", 1)[0]
-                counts[local] = counts.get(local, 0) + 1
-    extra = [BreakerReport(name, "closed", 0, 0.0, "", counts) for name, counts in unlisted.items()]
-    return sorted([*reports, *extra], key=lambda r: r.name)
-
-
 def _list(store: FleetStore, service: str, shown: str, *, as_json: bool, out: TextIO) -> None:
-    reports = _reports(store)
+    reports = store.report()
     if as_json:
         document = {
             "service": service,
@@ -313,7 +287,7 @@ def _processes(report: BreakerReport) -> str:
 
 
 def _control(store: FleetStore, service: str, name: str, state: str, interval: float, *, out: TextIO) -> None:
-    known = {r.name: r for r in _reports(store)}
+    known = {r.name: r for r in store.report()}
     episode = store.control(name, state)
     line = (
         f"{_printable(service)}: {_printable(name)} -> {state} (episode {episode}); "

@@ -272,16 +272,20 @@ class FleetStore:
         return int(self._control(args=[self.namespace, breaker, state]))
 
     def report(self) -> list[BreakerReport]:
-        """Every breaker the fleet knows, with how many live processes are in each state."""
+        """Every breaker the fleet knows or a live process uses, with how many live
+        processes are in each local state.
+        """
         ns = self.namespace
         client = self.client
         live = [p.decode() for p in client.zrange(ns + "procs", 0, -1)]
-        names = sorted(n.decode() for n in client.smembers(ns + "breakers"))
         now_s, now_us = client.time()
         now = now_s * 1000 + now_us // 1000
         reports = []
         rows = {p: client.hgetall(f"{ns}p:{p}") for p in live}
-        for name in names:
+        # Those with a fleet state, and those live processes use that never opened (closed).
+        names = {n.decode() for n in client.smembers(ns + "breakers")}
+        names.update(name.decode() for row in rows.values() for name in row)
+        for name in sorted(names):
             fields = {k.decode(): v.decode() for k, v in client.hgetall(f"{ns}b:{name}").items()}
             counts: dict[str, int] = {}
             for row in rows.values():
