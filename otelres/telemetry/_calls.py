@@ -25,6 +25,7 @@ from otelres._breaker import LIVE
 from otelres._events import Event, Listener
 
 from . import names
+from ._fleet import register_fleet_gauges
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -86,6 +87,7 @@ class _Instruments:
             unit="1",
             description="1 for each breaker's current state, 0 for the others.",
         )
+        register_fleet_gauges(meter)
 
     def _after_fork_in_child(self) -> None:
         """A forked child is a process of its own (its own ``service.instance.id``, its own

@@ -40,6 +40,9 @@ __all__ = [
     "RETRIES",
     "RETRIES_SUPPRESSED",
     "RETRY_DELAY",
+    "SHARED_STATE_CONNECTED",
+    "SHARED_STATE_DISAGREEING",
+    "SHARED_STATE_PROCESSES",
     "STATES",
     "SUPPRESSED_REASONS",
 ]
@@ -56,6 +59,10 @@ CIRCUIT_STATE: Final = "otelres.circuit.state"
 CIRCUIT_TRANSITIONS: Final = "otelres.circuit.transitions"
 #: Beyond the README table's six: the delay actually scheduled before each retry.
 RETRY_DELAY: Final = "otelres.retry.delay"
+#: Shared breaker state (``OTELRES_SHARED_STATE``): only while it is on.
+SHARED_STATE_CONNECTED: Final = "otelres.shared_state.connected"
+SHARED_STATE_PROCESSES: Final = "otelres.shared_state.processes"
+SHARED_STATE_DISAGREEING: Final = "otelres.shared_state.disagreeing"
 
 #: The series the standard OpenTelemetry Prometheus exporter makes of them.
 PROMETHEUS: Final = {
@@ -66,6 +73,9 @@ PROMETHEUS: Final = {
     CIRCUIT_STATE: "otelres_circuit_state",
     CIRCUIT_TRANSITIONS: "otelres_circuit_transitions_total",
     RETRY_DELAY: "otelres_retry_delay_seconds",  # _bucket, _sum, _count
+    SHARED_STATE_CONNECTED: "otelres_shared_state_connected",
+    SHARED_STATE_PROCESSES: "otelres_shared_state_processes",
+    SHARED_STATE_DISAGREEING: "otelres_shared_state_disagreeing",
 }
 
 # -- attributes -------------------------------------------------------------------------
