@@ -135,12 +135,13 @@ class Fleet:
         # The fleet's clock is Redis's; a test's FakeClock replaces it (its wall()).
         self._clock = clock
         self._events: dict[str, str] = {}
+        self._events_lock = threading.Lock()
         self._seen: dict[str, _Seen] = {}
         self._following = threading.local()
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        self._fresh = True  # the next good sync is the first since (re)connecting
+        self._fresh = True  # the next good sync is the first (news from an outage is in _events)
         #: Whether the last sync reached Redis (the ``otelres.shared_state.connected`` gauge).
         self.connected = False
         #: Live processes in the fleet, as the last sync saw them.
@@ -154,7 +155,8 @@ class Fleet:
     def sync_once(self) -> bool:
         """Publish, read, follow: one round trip. False when Redis did not answer."""
         breakers = self._unique_breakers()
-        events, self._events = self._events, {}
+        with self._events_lock:  # no transition of another thread's falls between the two
+            events, self._events = self._events, {}
         published: list[Published] = []
         seqs: dict[str, int] = {}
         for b in breakers:
@@ -196,8 +198,9 @@ class Fleet:
                     now=None if self._clock is None else self._clock.wall(),
                 )
         except Exception as exc:  # noqa: BLE001 - any failure of Redis means: decide alone
-            for name, event in events.items():
-                self._events.setdefault(name, event)
+            with self._events_lock:
+                for name, event in events.items():
+                    self._events.setdefault(name, event)
             self._alone(breakers, exc)
             return False
         if not self.connected:
@@ -234,7 +237,6 @@ class Fleet:
         for b in breakers:
             b.fleet_update(None, gate=False, lease=False)
         self._store = None  # a new client next time (Redis may have moved or restarted)
-        self._fresh = True
         if self.connected or not self.outages:
             self.outages += 1
             _log.warning(
@@ -275,7 +277,8 @@ class Fleet:
             event = CLOSED
         else:
             return
-        self._events[transition.breaker] = event
+        with self._events_lock:
+            self._events[transition.breaker] = event
         self._wake.set()
 
     # -- the thread -------------------------------------------------------------------------

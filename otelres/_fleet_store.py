@@ -90,7 +90,11 @@ for i = 0, n - 1 do
       if want == 'H' then lease_until = now + lease_ms end
       granted, changed = 1, true
     elseif want == 'L' and (lease == '' or lease_until <= now) then
-      lease, lease_until, granted, changed = proc, now + lease_ms, 1, true
+      -- A holder whose lease ran out unused (no call came to probe with) steps aside for
+      -- one lease period, so that a process with traffic probes; then it may take it again.
+      if lease ~= proc or lease_until + lease_ms <= now then
+        lease, lease_until, granted, changed = proc, now + lease_ms, 1, true
+      end
     end
   end
   if changed then

@@ -306,3 +306,43 @@ def test_a_member_that_moved_during_the_round_trip_keeps_its_news(members: list[
     assert first.state is State.OPEN
     assert not first.breaker.follow(State.CLOSED, 0.0, seq)
     assert first.state is State.OPEN
+
+
+def test_an_idle_holder_steps_aside_for_a_member_with_traffic(
+    members: list[Member], clock: FakeClock
+) -> None:
+    """A holder that got no call to probe with while its lease lasted gives way: the fleet
+    is never kept open by a process that has no traffic for that dependency.
+    """
+    open_the_fleet(members)
+    clock.advance(5.0)
+    sync(members)
+    holder = next(m for m in members if m.fleet.views[NAME].lease)
+    clock.advance(3.0)  # the lease (three intervals) runs out, unused
+    sync(members)
+    taker = next(m for m in members if m.fleet.views[NAME].lease)
+    assert taker is not holder
+    assert holder.call(ok=True) == "rejected"  # its own lease is gone with the sync
+    assert taker.call(ok=True) == "ok"
+
+
+def test_an_idle_holder_alone_takes_the_lease_again_after_stepping_aside(
+    server: Any, clock: FakeClock
+) -> None:
+    alone = Member(f"redis://127.0.0.1:{server.port}/0", clock)
+    try:
+        assert alone.fleet.sync_once()
+        for _ in range(10):
+            alone.call(ok=False)
+        clock.advance(5.0)
+        assert alone.fleet.sync_once()
+        assert alone.fleet.views[NAME].lease
+        clock.advance(3.0)
+        assert alone.fleet.sync_once()
+        assert not alone.fleet.views[NAME].lease  # stepping aside for one lease period
+        clock.advance(3.0)
+        assert alone.fleet.sync_once()
+        assert alone.fleet.views[NAME].lease
+        assert alone.call(ok=True) == "ok"
+    finally:
+        alone.fleet.stop()
