@@ -73,6 +73,7 @@ KEYS: dict[str, Key] = {
     for k in (
         Key("enabled", "bool"),
         Key("max_breakers", "int"),
+        Key("prometheus_ports", "int"),
         Key("retry.attempts", "int"),
         Key("retry.base_delay", "float"),
         Key("retry.max_delay", "float"),
@@ -101,7 +102,9 @@ KEYS: dict[str, Key] = {
     )
 }
 #: Settings of the whole process, not of one target.
-_PROCESS_KEYS = frozenset(k for k in KEYS if k == "max_breakers" or k.startswith("shared_state."))
+_PROCESS_KEYS = frozenset(
+    k for k in KEYS if k in ("max_breakers", "prometheus_ports") or k.startswith("shared_state.")
+)
 _TARGET_KEYS = frozenset(KEYS) - _PROCESS_KEYS
 #: Environment variables that name a key by a shorter name than env_name() gives.
 _ENV_ALIASES = {"OTELRES_SHARED_STATE": "shared_state.url"}
@@ -113,6 +116,8 @@ _ALLOWED = {
     "text": "a string",
 }
 DEFAULT_MAX_BREAKERS = 256
+#: Ports a process tries for its Prometheus ``/metrics``, from OTEL_EXPORTER_PROMETHEUS_PORT up.
+DEFAULT_PROMETHEUS_PORTS = 16
 
 
 #: Values that compare two keys: the policy names the second key when the pair
@@ -242,6 +247,8 @@ class Settings:
     max_breakers: int = DEFAULT_MAX_BREAKERS
     #: Breaker state shared across processes on Redis (None: each process alone).
     shared_state: SharedState | None = None
+    #: How many ports from OTEL_EXPORTER_PROMETHEUS_PORT up a process tries for its /metrics.
+    prometheus_ports: int = DEFAULT_PROMETHEUS_PORTS
 
     @property
     def enabled(self) -> bool:
@@ -386,6 +393,9 @@ def load_settings(
     max_breakers, source = layer.pop("max_breakers", (DEFAULT_MAX_BREAKERS, "max_breakers"))
     if type(max_breakers) is not int or not 1 <= max_breakers <= 100_000:
         raise ConfigError(source, max_breakers, "an integer >= 1 and <= 100000")
+    prometheus_ports, source = layer.pop("prometheus_ports", (DEFAULT_PROMETHEUS_PORTS, "prometheus_ports"))
+    if type(prometheus_ports) is not int or not 1 <= prometheus_ports <= 1000:
+        raise ConfigError(source, prometheus_ports, "an integer >= 1 and <= 1000")
     base = Target(
         enabled=True,
         retry=_policy_or_default("retry", policies, RetryPolicy),
@@ -398,7 +408,7 @@ def load_settings(
     for target, table in target_tables.items():
         where = f'{path}: targets."{target}".'
         targets[_target_key(target)] = _build(_layer_of_table(where, table, _TARGET_KEYS), default)
-    return Settings(default, targets, max_breakers, shared_state)
+    return Settings(default, targets, max_breakers, shared_state, prometheus_ports)
 
 
 def _shared_state(layer: _Layer, given: object) -> SharedState | None:

@@ -139,7 +139,7 @@ def instrument(
             skip.append("traces")
         if meter_provider is not None:
             skip.append("metrics")
-        configure_sdk(skip=skip)
+        configure_sdk(skip=skip, prometheus_ports=settings.prometheus_ports)
         telemetry.enable(**providers)
         disabled = _disabled()
         for entry, (library, ours, theirs) in INTEGRATIONS.items():

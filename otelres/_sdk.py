@@ -13,7 +13,14 @@ differences from a bare SDK set-up:
   default, so that the gRPC exporter is not needed;
 - the OpenTelemetry HTTP client instrumentations' duration histograms keep no
   server address or port (:func:`http_client_views`): one series per host
-  called would grow without bound in a service that calls many hosts.
+  called would grow without bound in a service that calls many hosts;
+- ``prometheus`` serves each process's metrics on a port of its own, the first
+  free one from ``OTEL_EXPORTER_PROMETHEUS_PORT`` upwards (:mod:`otelres._prometheus`),
+  where the SDK's exporter binds that one port and fails in every worker but
+  the first of a pre-fork server.
+
+Each process has its own ``service.instance.id``: the SDK (1.44+) makes one per
+process and a new one in a forked child.
 
 An application's own providers are always kept.
 """
@@ -26,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from opentelemetry import metrics, trace
 
 from ._errors import ConfigError
+from ._prometheus import metric_reader
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping
@@ -88,13 +96,17 @@ def has_meter_provider() -> bool:
 
 
 def configure_sdk(
-    env: Mapping[str, str] | None = None, *, skip: Collection[Signal] = ()
+    env: Mapping[str, str] | None = None,
+    *,
+    skip: Collection[Signal] = (),
+    prometheus_ports: int | None = None,
 ) -> dict[str, list[str]]:
     """Install SDK providers for the signals the environment asks for and the
     application has not set up; returns the exporters installed per signal.
 
     The signals in ``skip`` are left alone: the application handed otelres a
-    provider of its own for them.
+    provider of its own for them. ``prometheus_ports`` is how many ports a
+    process may try for its ``/metrics`` (None: the ``prometheus_ports`` setting).
     """
     env = os.environ if env is None else env
     wanted: dict[Signal, list[str]] = {
@@ -110,8 +122,11 @@ def configure_sdk(
     )
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
 
+    # Pull is otelres's own reader (a port per process); the other exporters are the SDK's.
+    pull = "prometheus" in wanted["metrics"]
+    pushed = [name for name in wanted["metrics"] if name != "prometheus"]
     try:
-        span_exporters, metric_exporters, _ = _import_exporters(wanted["traces"], wanted["metrics"], [])
+        span_exporters, metric_exporters, _ = _import_exporters(wanted["traces"], pushed, [])
     except RuntimeError as exc:
         # The SDK names the entry-point group it searched: that tells the signal.
         signal = "METRICS" if "opentelemetry_metrics_exporter" in str(exc) else "TRACES"
@@ -121,9 +136,16 @@ def configure_sdk(
     resource = Resource.create()
     if span_exporters:
         _init_tracing(exporters=span_exporters, resource=resource)
-    if metric_exporters:
-        _install_meter_provider(metric_exporters.values(), resource)
-    return {"traces": list(span_exporters), "metrics": list(metric_exporters)}
+    readers = [*metric_exporters.values()]
+    if pull:
+        if prometheus_ports is None:
+            from ._config import current  # noqa: PLC0415 - the settings only when pull is asked for
+
+            prometheus_ports = current().prometheus_ports
+        readers.append(metric_reader(env, prometheus_ports))
+    if readers:
+        _install_meter_provider(readers, resource)
+    return {"traces": list(span_exporters), "metrics": [*metric_exporters, *(["prometheus"] if pull else [])]}
 
 
 #: The attributes the OpenTelemetry HTTP client instrumentations' duration histograms keep

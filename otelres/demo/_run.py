@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import structlog
 
 import otelres
-from otelres import Event, Listener, Transition, _config, _instrument, telemetry
+from otelres import Event, Listener, Transition, _config, _instrument, _prometheus, telemetry
 from otelres._registry import default_registry
 from otelres._sdk import Signal, exporter_names
 from otelres.demo._upstream import PHASES, FlakyUpstream, Phase
@@ -331,12 +331,20 @@ def _instrumented(prometheus_port: int | None) -> Iterator[None]:
         stack.enter_context(_environ(env))
         stack.callback(_config.configure, _config._current)
         already = _instrument._instrumented
-        try:
-            otelres.instrument(**DEMO_SETTINGS)
-        except OSError as exc:  # the Prometheus exporter could not listen
-            raise DemoError(f"cannot serve /metrics on 127.0.0.1:{prometheus_port}: {exc.strerror}") from exc
+        # The port asked for and no other (a service tries several, one per worker).
+        ports: dict[str, Any] = {} if prometheus_port is None else {"prometheus_ports": 1}
+        otelres.instrument(**DEMO_SETTINGS, **ports)
         if not already:
             stack.callback(otelres.uninstrument)
+        _, served, error = _prometheus.serving()
+        if prometheus_port is not None and served != prometheus_port:
+            if error is not None:
+                reason = error.strerror
+            elif served is not None:
+                reason = f"this process serves them on port {served} already"
+            else:
+                reason = "the application's own MeterProvider is in place"
+            raise DemoError(f"cannot serve /metrics on 127.0.0.1:{prometheus_port}: {reason}")
         yield
 
 

@@ -23,6 +23,7 @@ KEYS = {name: key for name, key in ALL_KEYS.items() if not name.startswith("shar
 VALID: dict[str, tuple[str, object]] = {
     "enabled": ("false", False),
     "max_breakers": ("7", 7),
+    "prometheus_ports": ("4", 4),
     "retry.attempts": ("5", 5),
     "retry.base_delay": ("0.25", 0.25),
     "retry.max_delay": ("2.5", 2.5),
@@ -53,6 +54,9 @@ BAD_ENV: list[tuple[str, str, object, str]] = [
     ("enabled", "1", "1", "true | false"),
     ("max_breakers", "many", "many", "an integer"),
     ("max_breakers", "0", 0, "an integer >= 1 and <= 100000"),
+    ("prometheus_ports", "all", "all", "an integer"),
+    ("prometheus_ports", "0", 0, "an integer >= 1 and <= 1000"),
+    ("prometheus_ports", "1001", 1001, "an integer >= 1 and <= 1000"),
     ("retry.attempts", "three", "three", "an integer"),
     ("retry.attempts", "2.0", "2.0", "an integer"),
     ("retry.attempts", "0", 0, "an integer >= 1 and <= 100"),
@@ -121,8 +125,8 @@ def value_of(settings: otelres.Settings, key: str) -> object:
     """The setting ``key`` as the default target (or the top level) holds it."""
     if key == "enabled":
         return settings.enabled
-    if key == "max_breakers":
-        return settings.max_breakers
+    if key in ("max_breakers", "prometheus_ports"):
+        return getattr(settings, key)
     section, _, field = key.partition(".")
     return getattr(getattr(settings.default, section), field)
 

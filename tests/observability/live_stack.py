@@ -33,7 +33,7 @@ import otelres
 from otelres.telemetry import names
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
 T = TypeVar("T")
 
@@ -430,10 +430,16 @@ def override_rules(shipped: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_prometheus(
-    folder: Path, rules: dict[str, Any], workload: str, alertmanager: str
+    folder: Path,
+    rules: dict[str, Any],
+    workload: str | Sequence[str],
+    alertmanager: str | None,
+    *,
+    job: str = JOB,
 ) -> tuple[Process, str]:
-    """Start Prometheus scraping ``workload`` every second as job JOB, evaluating ``rules`` every
-    second and alerting to ``alertmanager``; returns the process and its base URL.
+    """Start Prometheus scraping ``workload`` (an address, or several: one per process) every
+    second as ``job``, evaluating ``rules`` every second and alerting to ``alertmanager`` (if
+    any); returns the process and its base URL.
     """
     exe = binary("prometheus")
     promtool = binary("promtool")
@@ -443,12 +449,14 @@ def start_prometheus(
         [promtool, "check", "rules", str(rules_path)], capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    config = {
+    targets = [workload] if isinstance(workload, str) else list(workload)
+    config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules_path)],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [workload]}]}],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
     }
+    if alertmanager is not None:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     config_path = folder / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     storage = folder / "prometheus-data"
