@@ -174,14 +174,18 @@ def graph(title: str, description: str, unit: str) -> timeseries.Panel:
 
 
 def open_circuits() -> stat.Panel:
-    """How many breakers are open (or forced open) now; 0, not "No data", when none is."""
+    """How many breakers are open (or forced open) now; 0, not "No data", when none is.
+
+    Each process (a gunicorn or uvicorn worker, a pod) reports its own breaker: ``max by`` makes
+    one breaker of a job open in any number of them one open circuit, counted once.
+    """
     open_states = one_of(names.STATES, "open", "forced_open")
     is_open = selector(CIRCUIT_STATE, f'{STATE}=~"{open_states}"')
-    expr = f"count({is_open} == 1) or vector(0)"
+    expr = f"count(max by (job, {BREAKER}) ({is_open}) == 1) or vector(0)"
     return (
         stat.Panel()
         .title("Open circuits")
-        .description("Breakers whose circuit is open or forced open now.")
+        .description("Breakers whose circuit is open or forced open now, in any process of the job.")
         .datasource(DATASOURCE)
         .with_target(query(expr, "open circuits", "A"))
         .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]).values(values=False))
