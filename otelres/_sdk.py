@@ -19,8 +19,8 @@ differences from a bare SDK set-up:
   where the SDK's exporter binds that one port and fails in every worker but
   the first of a pre-fork server.
 
-Each process has its own ``service.instance.id``: the SDK (1.44+) makes one per
-process and a new one in a forked child.
+Each process has its own ``service.instance.id``: the SDK (1.45, as tested) makes
+one per process and a new one in a forked child; otelres relies on that.
 
 An application's own providers are always kept.
 """
