@@ -81,7 +81,8 @@ for i = 0, n - 1 do
     if state == 'open' then reopens = reopens + 1 else reopens = 0 end
     local wait = math.min(max_ms, open_ms * backoff ^ math.min(reopens, 64))
     state, episode, until_, lease, changed = 'open', episode + 1, now + wait, '', true
-  elseif event == 'C' and state == 'open' and lease == proc then
+  elseif event == 'C' and state == 'open' and (lease == proc or (now >= until_ and lease_until <= now)) then
+    -- the lease holder's probe, or one made alone (Redis was unreachable) once the period is over
     state, reopens, lease, changed = 'closed', 0, '', true
   end
   local granted = 0

@@ -602,13 +602,7 @@ def test_redis_stopped_and_restarted_mid_run(
     assert all(w.last("connected") for w in fleet.workers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: a fleet state left open by a Redis outage during which every process "
-    "probed alone and closed stays open (new processes open on joining; no fleet-wide trip "
-    "while it stays)",
-)
-def test_a_fleet_that_recovered_alone_during_an_outage_is_closed_when_redis_is_back(
+def test_a_fleet_that_recovered_alone_during_an_outage_closes_when_redis_is_back(
     fleet: Group, redis_server: Any, upstreams: Callable[..., Upstream]
 ) -> None:
     """The fleet opens; redis-server stops; the dependency recovers and every process, deciding
