@@ -9,6 +9,7 @@ Barriers and Events, and time is a FakeClock where it matters.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -304,6 +305,38 @@ def test_the_forking_threads_own_call_ends_cleanly_in_the_child(during: str) -> 
         Child.finish(after)
     assert child.answer() == "(0, 0) ok 2"
     assert (res.budget.calls_in_flight, res.budget.retries_in_flight) == (0, 0)
+
+
+def test_calls_in_flight_when_the_budget_is_emptied_end_without_error() -> None:
+    """What a fork does to the budget, done in this process: calls and a retry in flight when the
+    counts are emptied (the fast path, the retry path, async) end cleanly and leave zero.
+    """
+    res = otelres.Resilience(NAME, retry=NO_DELAY)
+    budget = res.budget
+
+    def empties() -> str:
+        budget._after_fork_in_child()
+        return "ok"
+
+    assert res.call(empties) == "ok"  # the fast path's pop
+    calls: list[int] = []
+
+    def retried() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("refused")
+        return empties()
+
+    assert res.call(retried) == "ok"  # the flow's pops: the call's and the retry's
+    assert len(calls) == 2
+
+    async def empties_async() -> str:
+        return empties()
+
+    assert asyncio.run(res.acall(empties_async)) == "ok"
+    budget.call_ended()
+    budget.retry_ended()
+    assert (budget.calls_in_flight, budget.retries_in_flight) == (0, 0)
 
 
 def test_a_child_of_a_full_retry_budget_retries() -> None:
