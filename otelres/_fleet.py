@@ -242,7 +242,7 @@ class Fleet:
             _log.warning(
                 "otelres: shared state unreachable (%s: %s); each process decides alone until it is back",
                 self._where,
-                type(exc).__name__,
+                f"{type(exc).__name__}: {str(exc)[:200]}",
             )
         self.connected = False
 

@@ -6,9 +6,14 @@ call path never touches Redis. Keys, all under ``otelres:{service}:`` and all
 expiring, so that a dead process's counts vanish by themselves:
 
 - ``procs``: a sorted set of the live processes, scored by their last sync
-  (Redis's clock: the fleet's hosts need not agree on the time);
+  (Redis's clock: the fleet's hosts need not agree on the time); a process
+  silent for ``ttl`` is pruned by the next sync of any other;
 - ``p:{process}``: per breaker, that process's state and window
-  (``state calls failures slow``), for ``ttl`` milliseconds;
+  (``state calls failures slow``);
+- ``s:{breaker}``: the sums over the live processes' rows (the windows of the
+  closed ones, and how many are in each local state), kept by adding each
+  row's change and subtracting a pruned process's rows, so that a sync costs
+  Redis in proportion to its own breakers, not to the size of the fleet;
 - ``b:{breaker}``: the fleet's state of one breaker: ``state``, ``episode``
   (moves with every fleet transition), ``until`` (end of the open period),
   ``reopens``, and the half-open ``lease`` (the one process that probes for
@@ -51,20 +56,71 @@ if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+-- s:{breaker} holds the sums over the live processes' rows (windows of closed ones, rows
+-- per local state), kept by adding each row's change: a sync costs Redis in proportion to
+-- its own breakers, not to the size of the fleet.
+local function incr(key, field, by)
+  -- Never by 0: Lua makes -1 * 0 a negative zero, which HINCRBY refuses as "-0".
+  if by ~= 0 then redis.call('HINCRBY', key, field, by) end
+end
+
+local function apply(name, row, sign)
+  local s, c, f, sl = string.match(row, '^(%S+) (%d+) (%d+) (%d+)$')
+  if not s then return end
+  local key = ns .. 's:' .. name
+  if s == 'closed' then
+    incr(key, 'calls', sign * tonumber(c))
+    incr(key, 'failures', sign * tonumber(f))
+    incr(key, 'slow', sign * tonumber(sl))
+  end
+  incr(key, 'n', sign)
+  incr(key, 'x:' .. s, sign)
+  redis.call('PEXPIRE', key, KEEP)
+end
+
+-- Made again from the live rows: the sums claim more rows than there are live processes
+-- (the rows of processes that died while no one synced expired before they were pruned).
+local function rebuild(name, live_procs)
+  redis.call('DEL', ns .. 's:' .. name)
+  for _, other in ipairs(live_procs) do
+    local row = redis.call('HGET', ns .. 'p:' .. other, name)
+    if row then apply(name, row, 1) end
+  end
+end
+
 local procs = ns .. 'procs'
+-- Processes silent for ttl are gone: their rows leave the sums.
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', procs, '-inf', now - ttl)) do
+  if dead ~= proc then
+    local rows = redis.call('HGETALL', ns .. 'p:' .. dead)
+    for j = 1, #rows, 2 do apply(rows[j], rows[j + 1], -1) end
+    redis.call('DEL', ns .. 'p:' .. dead)
+    redis.call('ZREM', procs, dead)
+  end
+end
 redis.call('ZADD', procs, now, proc)
-redis.call('ZREMRANGEBYSCORE', procs, '-inf', now - ttl)
-redis.call('PEXPIRE', procs, ttl)
-local live = redis.call('ZRANGE', procs, 0, -1)
+redis.call('PEXPIRE', procs, KEEP)
+local live = redis.call('ZCARD', procs)
 local mine = ns .. 'p:' .. proc
-redis.call('DEL', mine)
-local out = {now, #live}
+local old = {}
+local rows = redis.call('HGETALL', mine)
+for j = 1, #rows, 2 do old[rows[j]] = rows[j + 1] end
+
+local out = {now, live}
 for i = 0, n - 1 do
   local a = 7 + i * 11
   local name, lstate = ARGV[a], ARGV[a + 1]
   local event, want, left = ARGV[a + 5], ARGV[a + 6], tonumber(ARGV[a + 7])
   local open_ms, backoff, max_ms = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10])
-  redis.call('HSET', mine, name, lstate .. ' ' .. ARGV[a + 2] .. ' ' .. ARGV[a + 3] .. ' ' .. ARGV[a + 4])
+  local row = lstate .. ' ' .. ARGV[a + 2] .. ' ' .. ARGV[a + 3] .. ' ' .. ARGV[a + 4]
+  local before = old[name]
+  old[name] = nil
+  if before ~= row then
+    if before then apply(name, before, -1) end
+    apply(name, row, 1)
+    redis.call('HSET', mine, name, row)
+  end
   local key = ns .. 'b:' .. name
   local f = redis.call('HMGET', key, 'state', 'episode', 'until', 'reopens', 'lease', 'lease_until')
   local exists = f[1] ~= false
@@ -106,30 +162,40 @@ for i = 0, n - 1 do
     redis.call('PEXPIRE', key, KEEP)
     redis.call('SADD', ns .. 'breakers', name)
   end
-  local calls, failures, slow, seen, differ = 0, 0, 0, 0, 0
-  for _, other in ipairs(live) do
-    local row = redis.call('HGET', ns .. 'p:' .. other, name)
-    if row then
-      seen = seen + 1
-      local s, c, fl, sl = string.match(row, '^(%S+) (%d+) (%d+) (%d+)$')
-      if s ~= state and not (state == 'open' and s == 'half_open') then differ = differ + 1 end
-      if other ~= proc and s == 'closed' then
-        calls, failures, slow = calls + tonumber(c), failures + tonumber(fl), slow + tonumber(sl)
-      end
-    end
+  local sums_key = ns .. 's:' .. name
+  local fields = {'calls', 'failures', 'slow', 'n', 'x:' .. state, 'x:half_open'}
+  local sums = redis.call('HMGET', sums_key, unpack(fields))
+  if (tonumber(sums[4]) or 0) > live then
+    rebuild(name, redis.call('ZRANGE', procs, 0, -1))
+    sums = redis.call('HMGET', sums_key, unpack(fields))
   end
+  redis.call('PEXPIRE', sums_key, KEEP)
+  local calls, failures, slow = tonumber(sums[1]) or 0, tonumber(sums[2]) or 0, tonumber(sums[3]) or 0
+  if lstate == 'closed' then
+    calls = calls - tonumber(ARGV[a + 2])
+    failures = failures - tonumber(ARGV[a + 3])
+    slow = slow - tonumber(ARGV[a + 4])
+  end
+  local seen = tonumber(sums[4]) or 0
+  local agree = tonumber(sums[5]) or 0
+  if state == 'open' then agree = agree + (tonumber(sums[6]) or 0) end
   if not exists and not changed then state = '' end
   table.insert(out, state)
   table.insert(out, episode)
   table.insert(out, math.max(0, until_ - now))
   table.insert(out, granted)
-  table.insert(out, calls)
-  table.insert(out, failures)
-  table.insert(out, slow)
-  table.insert(out, seen)
-  table.insert(out, differ)
+  table.insert(out, math.max(0, calls))
+  table.insert(out, math.max(0, failures))
+  table.insert(out, math.max(0, slow))
+  table.insert(out, math.max(0, seen))
+  table.insert(out, math.max(0, seen - agree))
 end
-redis.call('PEXPIRE', mine, ttl)
+-- Breakers this process no longer has leave its row and the sums.
+for name, before in pairs(old) do
+  apply(name, before, -1)
+  redis.call('HDEL', mine, name)
+end
+redis.call('PEXPIRE', mine, KEEP)
 redis.call('PEXPIRE', ns .. 'breakers', KEEP)
 return out
 """.replace("KEEP", str(KEEP_MS))
