@@ -170,7 +170,11 @@ def fails_once() -> tuple[Callable[[], str], list[int]]:
 
 def call_stats_and_retry(res: otelres.Resilience) -> str:
     """What every child must be able to do at once: a call, the breaker's stats, and a retry."""
-    res.breaker.reset()  # the threads may have left it open or forced open
+    # The threads may have left it open, forced open, or closed with failures in a row: a reset
+    # of a closed breaker changes nothing (consecutive_failures=3 would trip on the retry's
+    # failure), so it is forced open first; reset from there starts a new closed period.
+    res.breaker.force_open()
+    res.breaker.reset()
     assert res.call(lambda: "ok") == "ok"
     res.breaker.stats()
     attempt, calls = fails_once()
