@@ -49,6 +49,11 @@ RETRIES = names.PROMETHEUS[names.RETRIES]
 RETRIES_SUPPRESSED = names.PROMETHEUS[names.RETRIES_SUPPRESSED]
 CIRCUIT_STATE = names.PROMETHEUS[names.CIRCUIT_STATE]
 TRANSITIONS = names.PROMETHEUS[names.CIRCUIT_TRANSITIONS]
+CONNECTED = names.PROMETHEUS[names.SHARED_STATE_CONNECTED]
+FLEET_SIZE = names.PROMETHEUS[names.SHARED_STATE_PROCESSES]
+DISAGREEING = names.PROMETHEUS[names.SHARED_STATE_DISAGREEING]
+#: The series a process reports about itself, not about a breaker: they carry no breaker label.
+PROCESS_SERIES = (CONNECTED, FLEET_SIZE)
 
 RATE = "[$__rate_interval]"
 
@@ -72,8 +77,22 @@ def one_of(allowed: tuple[str, ...], *values: str) -> str:
 
 
 def selector(metric: str, *matchers: str) -> str:
-    """``metric{job=~"$job", otelres_breaker=~"$breaker", ...}``: every query is filtered by both."""
+    """``metric{job=~"$job", otelres_breaker=~"$breaker", ...}``: every breaker's series is filtered
+    by both.
+    """
+    if metric in PROCESS_SERIES:
+        raise ValueError(f"{metric} has no breaker label: use job_selector()")
     return metric + "{" + ", ".join(['job=~"$job"', f'{BREAKER}=~"$breaker"', *matchers]) + "}"
+
+
+def job_selector(metric: str, *matchers: str) -> str:
+    """``metric{job=~"$job", ...}``: for the series a process reports about itself (PROCESS_SERIES).
+
+    They carry no breaker label, so a breaker filter would match nothing once a breaker is picked.
+    """
+    if metric not in PROCESS_SERIES:
+        raise ValueError(f"{metric} is a breaker's series: use selector()")
+    return metric + "{" + ", ".join(['job=~"$job"', *matchers]) + "}"
 
 
 def query(expr: str, legend: str, ref_id: str) -> prometheus.Dataquery:
@@ -173,6 +192,22 @@ def graph(title: str, description: str, unit: str) -> timeseries.Panel:
     )
 
 
+def figure(title: str, description: str, *steps: tuple[float | None, str]) -> stat.Panel:
+    """A stat panel: the last value, whole numbers, coloured by ``steps`` (see thresholds())."""
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]).values(values=False))
+        .graph_mode(common.BigValueGraphMode.AREA)
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .thresholds(thresholds(*steps))
+        .decimals(0)
+        .height(6)
+    )
+
+
 def open_circuits() -> stat.Panel:
     """How many breakers are open (or forced open) now; 0, not "No data", when none is.
 
@@ -183,17 +218,13 @@ def open_circuits() -> stat.Panel:
     is_open = selector(CIRCUIT_STATE, f'{STATE}=~"{open_states}"')
     expr = f"count(max by (job, {BREAKER}) ({is_open}) == 1) or vector(0)"
     return (
-        stat.Panel()
-        .title("Open circuits")
-        .description("Breakers whose circuit is open or forced open now, in any process of the job.")
-        .datasource(DATASOURCE)
+        figure(
+            "Open circuits",
+            "Breakers whose circuit is open or forced open now, in any process of the job.",
+            (None, "green"),
+            (1, "red"),
+        )
         .with_target(query(expr, "open circuits", "A"))
-        .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]).values(values=False))
-        .graph_mode(common.BigValueGraphMode.AREA)
-        .color_mode(common.BigValueColorMode.BACKGROUND)
-        .thresholds(thresholds((None, "green"), (1, "red")))
-        .decimals(0)
-        .height(6)
         .span(6)
     )
 
@@ -324,6 +355,81 @@ def rejected_calls() -> timeseries.Panel:
     )
 
 
+def shared_state_row() -> dashboard_builder.Row:
+    """The row of the shared breaker state panels (``OTELRES_SHARED_STATE``), expanded."""
+    return dashboard_builder.Row("Shared breaker state")
+
+
+def processes_connected() -> stat.Panel:
+    """Per job, the processes whose shared state reaches Redis: the sum of each one's 1 or 0."""
+    expr = f"sum by (job) ({job_selector(CONNECTED)})"
+    return (
+        figure(
+            "Processes connected",
+            "Per job, processes whose shared breaker state reaches Redis now: they trip, probe and "
+            "follow operators' commands as one fleet. No data: no process has shared state on.",
+            (None, "red"),
+            (1, "green"),
+        )
+        .with_target(query(expr, "{{job}}", "A"))
+        .span(8)
+    )
+
+
+def processes_alone() -> stat.Panel:
+    """Processes with shared state on that cannot reach Redis; 0, not "No data", when none."""
+    alone = job_selector(CONNECTED) + " == 0"
+    expr = f"count({alone}) or vector(0)"
+    return (
+        figure(
+            "Processes deciding alone",
+            "Processes with shared state on that cannot reach Redis: each trips and probes on its own "
+            "calls only, and misses operators' force-open, disable and reset, until Redis is back.",
+            (None, "green"),
+            (1, "red"),
+        )
+        .with_target(query(expr, "deciding alone", "A"))
+        .span(8)
+    )
+
+
+def fleet_size() -> stat.Panel:
+    """Per job, the live processes sharing breaker state, as Redis counts them."""
+    expr = f"max by (job) ({job_selector(FLEET_SIZE)})"
+    return (
+        figure(
+            "Fleet size",
+            "Per job, live processes sharing breaker state, as Redis counts them. Every process reports "
+            "the same fleet-wide figure, so this is their max, not their sum. More than processes "
+            "connected: some processes of the fleet are not scraped.",
+            (None, "blue"),
+        )
+        .with_target(query(expr, "{{job}}", "A"))
+        .span(8)
+    )
+
+
+def disagreeing() -> timeseries.Panel:
+    """Per breaker, the live processes whose circuit is in another state than the fleet's."""
+    expr = f"max by (job, {BREAKER}) ({selector(DISAGREEING)})"
+    return (
+        graph(
+            "Processes disagreeing with the fleet",
+            "Per breaker, live processes whose circuit is in another state than the fleet's (a half-open "
+            "process probing for an open fleet agrees). Above 0 for an interval while a transition "
+            "spreads; longer: a process does not follow the fleet (a reset or force-open in code acts "
+            "on one process only). Every process reports the fleet-wide count, so this is their max, "
+            "not their sum. Click a breaker for its traces.",
+            "short",
+        )
+        .decimals(0)
+        .line_interpolation(common.LineInterpolation.STEP_AFTER)
+        .data_links([jaeger_link()])
+        .with_target(query(expr, "{{" + BREAKER + "}}", "A"))
+        .span(24)
+    )
+
+
 def build() -> model.Dashboard:
     """The overview dashboard."""
     board = (
@@ -364,9 +470,17 @@ def build() -> model.Dashboard:
         latency(),
         transitions(),
         rejected_calls(),
+        shared_state_row(),
+        processes_connected(),
+        processes_alone(),
+        fleet_size(),
+        disagreeing(),
     )
     for panel_id, panel in enumerate(panels, start=1):
-        board = board.with_panel(panel.id(panel_id))
+        if isinstance(panel, dashboard_builder.Row):
+            board = board.with_row(panel.id(panel_id))
+        else:
+            board = board.with_panel(panel.id(panel_id))
     return board.build()
 
 

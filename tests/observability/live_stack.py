@@ -48,6 +48,8 @@ JOB = "otelres-live"
 HEALTHY = "https://api.example.com:443"
 FLAKY = "https://flaky.example.com:443"
 DOWN = "https://down.example.com:443"
+#: A healthy dependency on the registry's breaker (no private policy): the kind shared on Redis.
+SHARED = "https://fleet.example.com:443"
 #: The Prometheus label of the breaker attribute.
 BREAKER_LABEL = names.ATTR_BREAKER.replace(".", "_")
 CIRCUIT_OPEN = "OtelresCircuitOpen"
@@ -71,11 +73,17 @@ _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)(?::\w+)?\]\]|\$(\w+)")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
+#: Seconds between the workload's syncs of shared breaker state (default 1 s): its gauges and the
+#: fleet's view of each breaker follow within a scrape.
+SHARED_STATE_INTERVAL = "0.2"
+
 # The instrumented workload: calls through otelres in a loop, with injected failures, until its
 # stdin closes. Every series of names.PROMETHEUS appears: successes, failures, rejections and
 # fallbacks; retries for several reasons; retries suppressed by the budget, a deadline and an
-# open circuit; transitions (the flapping breaker keeps moving); and DOWN's breaker, open for an
-# hour, stays open.
+# open circuit; transitions (the flapping breaker keeps moving); DOWN's breaker, open for an
+# hour, stays open; and, with breaker state shared on Redis (start_workload), the shared-state
+# gauges: connected, the fleet's size and, per breaker the fleet knows (SHARED's: the other three
+# are private breakers, which stay out of the fleet), the processes disagreeing.
 WORKLOAD = f"""
 import sys
 import threading
@@ -83,7 +91,7 @@ import time
 
 import otelres
 
-HEALTHY, FLAKY, DOWN = {HEALTHY!r}, {FLAKY!r}, {DOWN!r}
+HEALTHY, FLAKY, DOWN, SHARED = {HEALTHY!r}, {FLAKY!r}, {DOWN!r}, {SHARED!r}
 
 otelres.instrument(retry_base_delay=0.001, retry_max_delay=0.001, retry_jitter="none")
 fast = otelres.RetryPolicy(
@@ -111,6 +119,8 @@ down = otelres.Resilience(
 down_cached = otelres.Resilience(
     DOWN, retry=fast, breaker=down.breaker, fallback=otelres.Fallback.value("cached")
 )
+# The registry's breaker for SHARED, configured from the settings: shared with the fleet on Redis.
+shared = otelres.Resilience(SHARED, retry=fast)
 
 
 def endpoint(*first):
@@ -161,6 +171,7 @@ def one_round(n):
     quietly(flaky, flaky_attempt)
     quietly(down, always_down)  # trips once (retry suppressed: circuit_open), then rejected
     down_cached.call(always_down)  # fallback
+    shared.call(endpoint())  # success, on the breaker the fleet shares
 
 
 stop = threading.Event()
@@ -298,9 +309,10 @@ class Process:
             self._log.close()
 
 
-def start_workload(folder: Path, port: int) -> Process:
-    """Start the instrumented workload serving /metrics on 127.0.0.1:``port``; returns once its first
-    round of calls ran (DOWN's breaker is open).
+def start_workload(folder: Path, port: int, *, shared_state: str) -> Process:
+    """Start the instrumented workload serving /metrics on 127.0.0.1:``port``, sharing its breaker
+    state on the Redis at ``shared_state`` (a ``redis://`` URL); returns once its first round of
+    calls ran (DOWN's breaker is open).
     """
     script = folder / "workload.py"
     script.write_text(textwrap.dedent(WORKLOAD), encoding="utf-8")
@@ -310,6 +322,8 @@ def start_workload(folder: Path, port: int) -> Process:
         "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
         "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
         "OTEL_SERVICE_NAME": "otelres-live-workload",
+        "OTELRES_SHARED_STATE": shared_state,
+        "OTELRES_SHARED_STATE_INTERVAL": SHARED_STATE_INTERVAL,
     }
     workload = Process("workload", [sys.executable, str(script)], folder, env=env)
 

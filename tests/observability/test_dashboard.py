@@ -24,6 +24,11 @@ SERIES = set(names.PROMETHEUS.values()) | {
     names.PROMETHEUS[h] + suffix for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
 }
 BREAKER = names.ATTR_BREAKER.replace(".", "_")
+#: The series a process reports about itself: no breaker label, so the only ones not filtered by it.
+PROCESS_SERIES = {
+    names.PROMETHEUS[names.SHARED_STATE_CONNECTED],
+    names.PROMETHEUS[names.SHARED_STATE_PROCESSES],
+}
 
 EXPECTED_PANELS = {
     "Open circuits": "stat",
@@ -35,7 +40,19 @@ EXPECTED_PANELS = {
     "Call latency p50/p95/p99": "timeseries",
     "Transitions": "timeseries",
     "Rejected calls": "timeseries",
+    "Processes connected": "stat",
+    "Processes deciding alone": "stat",
+    "Fleet size": "stat",
+    "Processes disagreeing with the fleet": "timeseries",
 }
+#: The row of the shared breaker state panels, and what it holds (below it, expanded).
+SHARED_STATE_ROW = "Shared breaker state"
+SHARED_STATE_PANELS = (
+    "Processes connected",
+    "Processes deciding alone",
+    "Fleet size",
+    "Processes disagreeing with the fleet",
+)
 
 # A vector selector: a metric name followed by its {matchers}.
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
@@ -143,7 +160,9 @@ def test_panels_do_not_overlap_on_the_grid(board):
 
 
 def test_every_query_selects_only_otelres_series_filtered_by_job_and_breaker(board):
-    """Each selector names a series of names.PROMETHEUS and matches job=~"$job" and the breaker variable."""
+    """Each selector names a series of names.PROMETHEUS and matches job=~"$job" and the breaker variable;
+    only the two process series (no breaker label) match job alone.
+    """
     assert exprs(board)
     for title, expr in exprs(board):
         selectors = SELECTOR.findall(expr)
@@ -151,7 +170,11 @@ def test_every_query_selects_only_otelres_series_filtered_by_job_and_breaker(boa
         for metric, matchers in selectors:
             assert metric in SERIES, (title, metric)
             assert 'job=~"$job"' in matchers, (title, expr)
-            assert f'{BREAKER}=~"$breaker"' in matchers, (title, expr)
+            if metric in PROCESS_SERIES:
+                # A breaker filter on a series without the label would match nothing once one is picked.
+                assert BREAKER not in matchers, (title, expr)
+            else:
+                assert f'{BREAKER}=~"$breaker"' in matchers, (title, expr)
         # No bare metric name outside a selector (it would escape the job/breaker filter).
         rest = LABEL_LIST.sub("", SELECTOR.sub("", re.sub(r"\[[^\]]*\]", "", expr)))
         stray = [word for word in IDENTIFIER.findall(rest) if word.startswith("otelres")]
@@ -176,6 +199,52 @@ def test_queries_use_only_label_names_and_values_otelres_emits(board):
                     assert set(value.split("|")) <= values[name], (title, name, value)
         for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
             assert {g.strip() for g in group.split(",")} <= labels, (title, group)
+
+
+def test_shared_state_panels_sit_in_their_row(board):
+    """An expanded "Shared breaker state" row, below every other panel, with the fleet's panels under it."""
+    rows = [panel for panel in board["panels"] if panel["type"] == "row"]
+    assert [row["title"] for row in rows] == [SHARED_STATE_ROW]
+    (row,) = rows
+    assert row["collapsed"] is False
+    assert row["panels"] == []
+    assert row["gridPos"]["w"] == 24
+    below = [p["title"] for p in panels(board) if p["gridPos"]["y"] > row["gridPos"]["y"]]
+    above = [p for p in panels(board) if p["title"] not in below]
+    assert sorted(below) == sorted(SHARED_STATE_PANELS)
+    assert all(p["gridPos"]["y"] + p["gridPos"]["h"] <= row["gridPos"]["y"] for p in above)
+    ids = [panel["id"] for panel in board["panels"]]
+    assert sorted(ids) == list(range(1, len(ids) + 1))
+
+
+def test_shared_state_panels_count_processes_once(board):
+    """connected is summed (each process reports 1 or 0); fleet-wide figures, which every process
+    reports alike, are maxed; deciding alone shows 0, not "No data", when none is.
+    """
+    connected = names.PROMETHEUS[names.SHARED_STATE_CONNECTED]
+    fleet = names.PROMETHEUS[names.SHARED_STATE_PROCESSES]
+    disagreeing = names.PROMETHEUS[names.SHARED_STATE_DISAGREEING]
+    queries = {title: expr for title, expr in exprs(board) if title in SHARED_STATE_PANELS}
+    assert queries == {
+        "Processes connected": f'sum by (job) ({connected}{{job=~"$job"}})',
+        "Processes deciding alone": f'count({connected}{{job=~"$job"}} == 0) or vector(0)',
+        "Fleet size": f'max by (job) ({fleet}{{job=~"$job"}})',
+        "Processes disagreeing with the fleet": (
+            f'max by (job, {BREAKER}) ({disagreeing}{{job=~"$job", {BREAKER}=~"$breaker"}})'
+        ),
+    }
+
+
+def test_generator_refuses_a_breaker_filter_on_a_process_series_and_none_on_a_breakers():
+    """selector() is for breakers' series, job_selector() for the process series only."""
+    module = load_generator()
+    for metric in PROCESS_SERIES:
+        with pytest.raises(ValueError, match="no breaker label"):
+            module.selector(metric)
+        assert module.job_selector(metric) == metric + '{job=~"$job"}'
+    for metric in SERIES - PROCESS_SERIES:
+        with pytest.raises(ValueError, match="breaker's series"):
+            module.job_selector(metric)
 
 
 def test_circuit_state_maps_every_state_to_its_name(board):

@@ -1,6 +1,7 @@
 """The live observability test: a real Prometheus (1 s scrapes, the shipped alert rules with only
 OtelresCircuitOpen's ``for:`` shortened) scrapes a real instrumented workload with injected
-failures; every query of every panel of the shipped dashboard must return data,
+failures, its breaker state shared on a real redis-server; every query of every panel of the
+shipped dashboard must return data,
 OtelresCircuitOpen must go pending then firing for the open breaker (never for the healthy one),
 and a real Alertmanager must deliver it to a webhook receiver in the test.
 """
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -22,6 +26,7 @@ from live_stack import (
     FLAKY,
     HEALTHY,
     JOB,
+    SHARED,
     SHORT_FOR,
     WebhookReceiver,
     binary,
@@ -43,6 +48,12 @@ from otelres.telemetry import names
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+# The store tests' real redis-server (tests/ is not a package): fails in CI when it is missing.
+_STORE_HELPERS = str(Path(__file__).resolve().parent.parent / "store")
+if _STORE_HELPERS not in sys.path:
+    sys.path.append(_STORE_HELPERS)
+store_servers: Any = importlib.import_module("store_servers")
 
 P = names.PROMETHEUS
 OUTCOME, REASON, STATE, TO = (
@@ -85,9 +96,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     shipped = shipped_rules()
     loaded = override_rules(shipped)
     folder = tmp_path_factory.mktemp("live")
+    (folder / "redis").mkdir()
     port = free_port()
     with contextlib.ExitStack() as running:
-        running.enter_context(stopping(start_workload(folder, port), terminate=False))
+        redis = running.enter_context(store_servers.RedisServer(folder / "redis"))
+        shared_state = f"redis://127.0.0.1:{redis.port}/0"
+        running.enter_context(
+            stopping(start_workload(folder, port, shared_state=shared_state), terminate=False)
+        )
         webhook = running.enter_context(WebhookReceiver())
         alertmanager, am_address = start_alertmanager(folder, webhook.url)
         running.enter_context(stopping(alertmanager))
@@ -151,6 +167,30 @@ def test_prometheus_scrapes_every_series_with_the_injected_failures(stack: Stack
     assert {sample["metric"][BREAKER_LABEL] for sample in open_now} >= {DOWN}
     closed = stack.query(f'{P[names.CIRCUIT_STATE]}{{{selector}, {STATE}="closed"}} == 1')["result"]
     assert HEALTHY in {sample["metric"][BREAKER_LABEL] for sample in closed}
+
+
+def test_the_workload_shares_its_breaker_state_on_redis(stack: Stack) -> None:
+    """The workload's process reaches Redis (connected 1), is a fleet of one, and the fleet knows
+    SHARED's breaker, on which no process disagrees.
+    """
+    selector = f'job="{JOB}"'
+    gauges = {
+        P[names.SHARED_STATE_CONNECTED]: selector,
+        P[names.SHARED_STATE_PROCESSES]: selector,
+        P[names.SHARED_STATE_DISAGREEING]: f'{selector}, {BREAKER_LABEL}="{SHARED}"',
+    }
+    seen: dict[str, list[str]] = {}
+
+    def reported() -> bool:
+        for series, matchers in gauges.items():
+            seen[series] = [sample["value"][1] for sample in stack.query(f"{series}{{{matchers}}}")["result"]]
+        return seen == {
+            P[names.SHARED_STATE_CONNECTED]: ["1"],
+            P[names.SHARED_STATE_PROCESSES]: ["1"],
+            P[names.SHARED_STATE_DISAGREEING]: ["0"],
+        }
+
+    poll(reported, DEADLINE, lambda: f"the shared-state gauges of a connected fleet of one (seen: {seen})")
 
 
 def test_every_dashboard_query_returns_data(stack: Stack) -> None:
