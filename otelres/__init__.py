@@ -64,4 +64,6 @@ __all__ = [
     "uninstrument",
 ]
 
+#: The one place the version is written: the package metadata (hatch) and the telemetry's
+#: instrumentation scope read it from here.
 __version__ = "0.1.0"

@@ -36,7 +36,13 @@ if TYPE_CHECKING:
 
 __all__ = ["CallTelemetry"]
 
-_VERSION = "0.1.0"
+
+def _version() -> str:
+    """The instrumentation scope's version: otelres's own, from the one place it is written."""
+    from otelres import __version__  # noqa: PLC0415 - otelres imports this module: read once it is whole
+
+    return __version__
+
 
 #: Bucket bounds in seconds for durations and delays (the SDK's defaults are
 #: meant for milliseconds: every call under 5 s would land in one bucket).
@@ -56,7 +62,7 @@ class _Instruments:
         self.calls: dict[tuple[str, str], int] = {}
         _fork.renew(self, "lock")
         self.attrs: dict[tuple[str, ...], dict[str, str]] = {}
-        meter = metrics.get_meter(names.METER_NAME, _VERSION, meter_provider)
+        meter = metrics.get_meter(names.METER_NAME, _version(), meter_provider)
         self.duration = meter.create_histogram(
             names.CALL_DURATION,
             unit="s",
@@ -150,7 +156,7 @@ class CallTelemetry(Listener):
     def start_tracing(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         """Make spans from now on (the global provider when none is given)."""
         if self._tracer is None:
-            self._tracer = trace.get_tracer(names.METER_NAME, _VERSION, tracer_provider)
+            self._tracer = trace.get_tracer(names.METER_NAME, _version(), tracer_provider)
 
     def start_metrics(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         """Report metrics from now on, through the provider's one set of instruments."""

@@ -52,6 +52,17 @@ def test_one_internal_span_per_call(otel: Otel, mode: str) -> None:
     assert spans[0].context.trace_id != spans[1].context.trace_id
 
 
+def test_the_instrumentation_scope_is_otelres_at_its_version(otel: Otel, mode: str) -> None:
+    """Spans and metrics come from the scope `otelres` at otelres.__version__ (one place for the version)."""
+    assert run(mode, resilience(), Script("ok")) == "ok"
+    scope = otel.the_call_span().instrumentation_scope
+    assert (scope.name, scope.version) == (names.METER_NAME, otelres.__version__)
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    scopes = {(sm.scope.name, sm.scope.version) for rm in data.resource_metrics for sm in rm.scope_metrics}
+    assert scopes == {(names.METER_NAME, otelres.__version__)}
+
+
 def test_attempt_spans_are_children_with_retry_events(otel: Otel, mode: str) -> None:
     """Each attempt's CLIENT span is a child of the call span, which carries one otelres.retry per retry."""
     res = resilience()
