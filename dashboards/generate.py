@@ -1,8 +1,10 @@
 """Generate the otelres overview dashboard (Grafana 11.6 schema) with grafana-foundation-sdk.
 
 Every metric and label name in a query comes from ``otelres.telemetry.names``, so the dashboard
-cannot drift from the code. ``python dashboards/generate.py`` rewrites ``otelres-overview.json``
-beside this file; ``--check`` exits 1 if the checked-in file differs from what would be written.
+cannot drift from the code. ``python dashboards/generate.py`` rewrites the shipped
+``otelres/assets/dashboards/otelres-overview.json``; ``--check`` exits 1 if the checked-in file
+differs from what would be written. The job and the Jaeger URL are tokens that
+``python -m otelres export`` fills in.
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 
+from otelres import _export
 from otelres.telemetry import names
 
 if TYPE_CHECKING:
     from grafana_foundation_sdk.cog.builder import Builder
 
-OUTPUT = Path(__file__).resolve().parent / "otelres-overview.json"
+#: The shipped copy, package data of otelres (``python -m otelres export`` writes it out).
+OUTPUT = Path(__file__).resolve().parents[1] / "otelres" / "assets" / "dashboards" / "otelres-overview.json"
 UID = "otelres-overview"
 TITLE = "otelres overview"
-JAEGER_URL_DEFAULT = "http://localhost:16686"
+#: Filled in by ``otelres export --jaeger-url`` (default http://localhost:16686).
+JAEGER_URL_DEFAULT = _export.JAEGER_URL
+#: The job selected when the dashboard opens: ``otelres export --job``.
+JOB_DEFAULT = _export.JOB
 
 
 def label(attribute: str) -> str:
@@ -121,8 +128,17 @@ def jaeger_link() -> dashboard_builder.DashboardLink:
     )
 
 
-def _label_variable(name: str, label: str, query: str) -> dashboard_builder.QueryVariable:
-    """A multi-select query variable over label values, with All meaning ``.*``."""
+def _label_variable(
+    name: str, label: str, query: str, current: str | None = None
+) -> dashboard_builder.QueryVariable:
+    """A multi-select query variable over label values, with All meaning ``.*``; ``current`` (else
+    All) is selected when the dashboard opens.
+    """
+    selected = (
+        model.VariableOption(selected=True, text="All", value="$__all")
+        if current is None
+        else model.VariableOption(selected=True, text=[current], value=[current])
+    )
     return (
         dashboard_builder.QueryVariable(name)
         .label(label)
@@ -133,14 +149,14 @@ def _label_variable(name: str, label: str, query: str) -> dashboard_builder.Quer
         .multi(multi=True)
         .include_all(include_all=True)
         .all_value(".*")
-        .current(model.VariableOption(selected=True, text="All", value="$__all"))
+        .current(selected)
     )
 
 
 def variables() -> list[Builder[model.VariableModel]]:
     """Datasource, job, breaker (multi-select with All) and the Jaeger address."""
     datasource = dashboard_builder.DatasourceVariable("datasource").label("Data source").type("prometheus")
-    job = _label_variable("job", "Job", f"label_values({CIRCUIT_STATE}, job)")
+    job = _label_variable("job", "Job", f"label_values({CIRCUIT_STATE}, job)", JOB_DEFAULT)
     breaker = _label_variable(
         "breaker", "Breaker", f'label_values({CIRCUIT_STATE}{{job=~"$job"}}, {BREAKER})'
     )

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 import otelres
+from otelres import _export
 from otelres.telemetry import names
 
 if TYPE_CHECKING:
@@ -39,8 +40,9 @@ T = TypeVar("T")
 
 #: The checkout under test: the workload imports otelres from here.
 SOURCE_ROOT = Path(otelres.__file__).resolve().parent.parent
-DASHBOARD = SOURCE_ROOT / "dashboards" / "otelres-overview.json"
-ALERT_RULES = SOURCE_ROOT / "integrations" / "prometheus" / "otelres-alerts.yml"
+#: The dashboard and the alert rules in a tree ``otelres export`` wrote (see export_shipped()).
+DASHBOARD = Path("dashboards", "otelres-overview.json")
+ALERT_RULES = Path("prometheus", "otelres-alerts.yml")
 
 #: The scrape job of the workload, which the dashboard's ``$job`` stands for.
 JOB = "otelres-live"
@@ -424,9 +426,15 @@ def start_alertmanager(folder: Path, webhook_url: str) -> tuple[Process, str]:
     return process, address
 
 
-def shipped_rules() -> dict[str, Any]:
-    """The shipped alert rules file, parsed."""
-    rules: dict[str, Any] = yaml.safe_load(ALERT_RULES.read_text(encoding="utf-8"))
+def export_shipped(folder: Path) -> Path:
+    """What ``otelres export`` writes, for the workload's job, into ``folder``: the files a user runs."""
+    _export.export(folder, job=JOB)
+    return folder
+
+
+def shipped_rules(exported: Path) -> dict[str, Any]:
+    """The exported alert rules file, parsed."""
+    rules: dict[str, Any] = yaml.safe_load((exported / ALERT_RULES).read_text(encoding="utf-8"))
     return rules
 
 

@@ -1,4 +1,6 @@
-"""The overview dashboard: generated from code, checked in, and querying only otelres's series."""
+"""The overview dashboard: generated from code, checked in (otelres/assets, with tokens for the job
+and the Jaeger URL), and, as ``otelres export`` writes it, querying only otelres's series.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from otelres.telemetry import names
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "dashboards" / "generate.py"
-CHECKED_IN = ROOT / "dashboards" / "otelres-overview.json"
+CHECKED_IN = ROOT / "otelres" / "assets" / "dashboards" / "otelres-overview.json"
+EXPORTED = Path("dashboards", "otelres-overview.json")
 
 HISTOGRAMS = (names.CALL_DURATION, names.RETRY_DELAY)
 SERIES = set(names.PROMETHEUS.values()) | {
@@ -70,9 +73,10 @@ def load_generator():
     return module
 
 
-@pytest.fixture(scope="module")
-def board() -> dict:
-    return json.loads(CHECKED_IN.read_text(encoding="utf-8"))
+@pytest.fixture
+def board(exported) -> dict:
+    """The dashboard as exported (see conftest.py: defaults, and every option set)."""
+    return json.loads((exported.directory / EXPORTED).read_text(encoding="utf-8"))
 
 
 def panels(board: dict) -> list[dict]:
@@ -114,8 +118,10 @@ def test_dashboard_has_the_uid_and_a_grafana_11_6_schema(board):
     assert any(a.get("builtIn") == 1 for a in board["annotations"]["list"])
 
 
-def test_template_variables_are_datasource_job_breaker_and_jaeger_url(board):
-    """datasource (prometheus); job, breaker: label_values on an otelres series; breaker multi with All."""
+def test_template_variables_are_datasource_job_breaker_and_jaeger_url(board, exported):
+    """datasource (prometheus); job, breaker: label_values on an otelres series; breaker multi with All;
+    the exported job selected first, the exported Jaeger URL the default.
+    """
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert list(variables) == ["datasource", "job", "breaker", "jaeger_url"]
     assert variables["datasource"]["type"] == "datasource"
@@ -131,9 +137,13 @@ def test_template_variables_are_datasource_job_breaker_and_jaeger_url(board):
         assert variable["includeAll"] is True
     assert variables["breaker"]["multi"] is True
     assert 'job=~"$job"' in variables["breaker"]["query"]
+    assert variables["job"]["current"]["value"] == [exported.job]
+    assert variables["breaker"]["current"]["value"] == "$__all"
     jaeger = variables["jaeger_url"]
     assert jaeger["type"] in {"textbox", "constant"}
-    assert jaeger["query"] == "http://localhost:16686"
+    assert jaeger["query"] == exported.jaeger_url
+    assert jaeger["current"]["value"] == exported.jaeger_url
+    assert not exported.jaeger_url.endswith("/")  # the links append /search
 
 
 def test_expected_panels_exist_with_their_types(board):

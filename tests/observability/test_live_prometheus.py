@@ -32,6 +32,7 @@ from live_stack import (
     binary,
     circuit_open_rules,
     dashboard_queries,
+    export_shipped,
     free_port,
     override_rules,
     poll,
@@ -90,12 +91,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Start the workload, Alertmanager with the webhook receiver, and Prometheus; stop them all after."""
     for candidates in (("prometheus",), ("promtool",), ("prometheus-alertmanager", "alertmanager")):
         binary(*candidates)
-    assert DASHBOARD.is_file(), f"{DASHBOARD} is missing"
-    assert ALERT_RULES.is_file(), f"{ALERT_RULES} is missing"
-    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    shipped = shipped_rules()
-    loaded = override_rules(shipped)
     folder = tmp_path_factory.mktemp("live")
+    exported = export_shipped(folder / "exported")
+    assert (exported / DASHBOARD).is_file(), f"{DASHBOARD} is missing"
+    assert (exported / ALERT_RULES).is_file(), f"{ALERT_RULES} is missing"
+    dashboard = json.loads((exported / DASHBOARD).read_text(encoding="utf-8"))
+    shipped = shipped_rules(exported)
+    loaded = override_rules(shipped)
     (folder / "redis").mkdir()
     port = free_port()
     with contextlib.ExitStack() as running:
