@@ -27,7 +27,7 @@ import itertools
 import math
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from . import _events, _fork
 from ._clock import MONOTONIC, Clock
@@ -101,6 +101,20 @@ _FORCED_OPEN = State.FORCED_OPEN
 _DISABLED = State.DISABLED
 
 
+class FleetView(NamedTuple):
+    """One breaker as its process publishes it to the fleet (:meth:`CircuitBreaker.fleet_view`)."""
+
+    state: State
+    seq: int
+    stats: BreakerStats
+    #: This process holds the fleet's half-open lease now.
+    leased: bool
+    #: A probe is in flight (half-open, a permit out).
+    probing: bool
+    #: A call was refused for want of the lease since the last read.
+    wanted: bool
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BreakerStats:
     """A consistent snapshot of one breaker's counters since it was created.
@@ -144,7 +158,8 @@ class CircuitBreaker:
         "_failures",
         "_fleet",
         "_fleet_gate",
-        "_fleet_lease",
+        "_fleet_lease_until",
+        "_fleet_wanted",
         "_ignored",
         "_lock",
         "_minimum_calls",
@@ -199,11 +214,13 @@ class CircuitBreaker:
         self._rejected = 0
         self._transitions = 0
         # Shared state (otelres._fleet): the other processes' window (calls, failures,
-        # slow), whether a half-open period needs the fleet's lease, and whether
-        # this process holds it. Written by the fleet's thread only.
+        # slow), whether a half-open period needs the fleet's lease, until when (on
+        # this breaker's clock) this process holds it, and whether a call was refused
+        # for want of it since the last sync (only a process with traffic asks for it).
         self._fleet: tuple[int, int, int] | None = None
         self._fleet_gate = False
-        self._fleet_lease = False
+        self._fleet_lease_until = 0.0
+        self._fleet_wanted = False
         # Lock-free successes: see the module docstring. They all belong to the
         # second [_bucket_start, _bucket_end); a count window has no seconds.
         self._ticks = itertools.count()
@@ -275,15 +292,21 @@ class CircuitBreaker:
         transition = None
         with self._lock:
             state = self._state
-            if state is _OPEN and self._clock.monotonic() >= self._open_until:
-                if self._fleet_gate and not self._fleet_lease:
-                    # Shared state: another process probes for the fleet (or will).
-                    self._rejected += 1
-                    return REJECTED
-                transition = self._move(_HALF_OPEN, 0.0)
-                state = _HALF_OPEN
+            if state is _OPEN:
+                now = self._clock.monotonic()
+                if now >= self._open_until:
+                    if self._fleet_gate and now >= self._fleet_lease_until:
+                        # Shared state: another process probes for the fleet (or will).
+                        self._fleet_wanted = True
+                        self._rejected += 1
+                        return REJECTED
+                    transition = self._move(_HALF_OPEN, 0.0)
+                    state = _HALF_OPEN
             if state is _HALF_OPEN:
-                if self._permits < self.policy.half_open_calls:
+                # With shared state, no probe starts once this process's lease is over.
+                if self._permits < self.policy.half_open_calls and (
+                    not self._fleet_gate or self._clock.monotonic() < self._fleet_lease_until
+                ):
                     self._permits += 1
                     token = self._epoch
                 else:
@@ -414,6 +437,9 @@ class CircuitBreaker:
         self._epoch += 1
         self._permits = 0
         self._probe_successes = 0
+        # A lease is the parent's: a child probes only with one of its own fleet member's.
+        self._fleet_lease_until = 0.0
+        self._fleet_wanted = False
 
     def _trip_rate(self, window: Window) -> float | None:
         """The failure rate to open at, or None while the trip conditions do not hold
@@ -472,7 +498,7 @@ class CircuitBreaker:
         self._permits = 0
         self._probe_successes = 0
         if to is not _HALF_OPEN:
-            self._fleet_lease = False  # a lease is for one half-open period
+            self._fleet_lease_until = 0.0  # a lease is for one half-open period
         # The window belongs to one closed period: it starts empty each time.
         self._window.clear()
         if self.policy.window_calls is None:
@@ -484,29 +510,46 @@ class CircuitBreaker:
 
     # -- shared state (driven by otelres._fleet's thread) --------------------------
 
-    def fleet_view(self) -> tuple[State, int, BreakerStats, bool]:
-        """The state, the transition count, the window and whether this process holds
-        the fleet's half-open lease, for publishing (the seq is read first: a move
-        after it shows as a changed seq when the fleet's answer is applied).
+    def fleet_view(self) -> FleetView:
+        """What the fleet's thread publishes, read together (the seq first: a move after
+        it shows as a changed seq when the fleet's answer is applied). Reading it takes
+        the "a call was refused for want of the lease" flag.
         """
         seq = self._transitions
-        return self._state, seq, self.stats(), self._fleet_lease
+        stats = self.stats()
+        with self._lock:
+            wanted, self._fleet_wanted = self._fleet_wanted, False
+            leased = self._clock.monotonic() < self._fleet_lease_until
+            probing = self._state is _HALF_OPEN and self._permits > self._probe_successes
+        return FleetView(self._state, seq, stats, leased, probing, wanted)
 
     def fleet_update(
-        self, others: tuple[int, int, int] | None, *, gate: bool, lease: bool | None = None
+        self, others: tuple[int, int, int] | None, *, gate: bool, lease_until: float | None = None
     ) -> None:
         """Take the other processes' window (None: deciding alone), whether a probe
-        needs the fleet's lease, and (when given) whether this process holds it; a
-        granted lease lets an open breaker probe on its next call.
+        needs the fleet's lease, and (when given) until when this process holds it
+        (on this breaker's clock; 0.0: it does not). A granted lease lets an open
+        breaker probe on its next call; a lease withdrawn from a half-open breaker
+        with no probe in flight sends it back to open (another process probes).
         """
         self._fleet = others
         self._fleet_gate = gate
-        if lease is not None:
-            with self._lock:
-                if lease and self._state is _OPEN:
-                    self._open_until = min(self._open_until, self._clock.monotonic())
-                if self._state is not _HALF_OPEN or lease:
-                    self._fleet_lease = lease
+        if lease_until is None:
+            return
+        transition = None
+        with self._lock:
+            now = self._clock.monotonic()
+            if lease_until > now:
+                self._fleet_lease_until = lease_until
+                if self._state is _OPEN:
+                    self._open_until = min(self._open_until, now)
+            else:
+                self._fleet_lease_until = 0.0
+                if gate and self._state is _HALF_OPEN and self._permits <= self._probe_successes:
+                    transition = self._move(_OPEN, 1.0)
+                    self._open_until = now
+        if transition is not None:
+            _report(transition, self)
 
     def follow(self, state: State, remaining: float, seq: int) -> bool:
         """Move to the fleet's ``state`` (``remaining``: seconds of its open period
@@ -524,7 +567,7 @@ class CircuitBreaker:
             if state is _OPEN:
                 if current is _OPEN:
                     self._open_until = now + max(0.0, remaining)
-                elif current is _CLOSED or (current is _HALF_OPEN and not self._fleet_lease):
+                elif current is _CLOSED or (current is _HALF_OPEN and now >= self._fleet_lease_until):
                     transition = self._move(_OPEN, 1.0)
                     self._open_until = now + max(0.0, remaining)
             elif current is not state:

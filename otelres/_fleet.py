@@ -32,7 +32,7 @@ from urllib.parse import unquote
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from . import _breaker, _fork
-from ._breaker import CircuitBreaker, State, Transition
+from ._breaker import CircuitBreaker, FleetView, State, Transition
 from ._errors import ConfigError
 from ._fleet_store import (
     CLOSED,
@@ -155,38 +155,12 @@ class Fleet:
     def sync_once(self) -> bool:
         """Publish, read, follow: one round trip. False when Redis did not answer."""
         breakers = self._unique_breakers()
+        # Each breaker is read before the news is taken: a move between the two is in
+        # this round's news, and its changed seq keeps a stale answer from undoing it.
+        read = [(b, b.clock.monotonic(), b.fleet_view()) for b in breakers]
         with self._events_lock:  # no transition of another thread's falls between the two
             events, self._events = self._events, {}
-        published: list[Published] = []
-        seqs: dict[str, int] = {}
-        for b in breakers:
-            state, seq, stats, lease = b.fleet_view()
-            seqs[b.name] = seq
-            event = events.get(b.name, NO_EVENT)
-            if self._fresh and event == NO_EVENT and state is _OPEN:
-                event = OPENED  # opened while alone: the fleet hears of it now
-            if state is _OPEN:
-                want = WANTS_LEASE
-            elif state is _HALF_OPEN and lease:
-                want = HOLDS_LEASE
-            else:
-                want = NO_WANT
-            p = b.policy
-            published.append(
-                Published(
-                    b.name,
-                    state.value,
-                    stats.window_calls,
-                    stats.window_failures,
-                    stats.window_slow,
-                    event,
-                    want,
-                    b.retry_after(),
-                    p.open_seconds,
-                    p.open_backoff,
-                    p.max_open_seconds,
-                )
-            )
+        published = [self._published(b, view, events.get(b.name, NO_EVENT)) for b, _, view in read]
         try:
             store = self._store if self._store is not None else self._connect()
             with suppress_instrumentation():  # neither otelres nor OpenTelemetry wraps this traffic
@@ -212,30 +186,63 @@ class Fleet:
         self._fresh = False
         self.processes = processes
         self.views = views
-        for b in breakers:
-            self._follow(b, views[b.name], seqs[b.name])
+        for b, before, view in read:
+            self._follow(b, views[b.name], view.seq, before)
         return True
 
-    def _follow(self, breaker: CircuitBreaker, view: FleetState, seq: int) -> None:
+    def _published(self, breaker: CircuitBreaker, view: FleetView, event: str) -> Published:
+        """What this process tells the fleet of one breaker."""
+        state = view.state
+        if self._fresh and event == NO_EVENT and state is _OPEN:
+            event = OPENED  # opened while alone: the fleet hears of it now
+        # Only a process with traffic asks for the lease (a call was refused for want of
+        # it); a holder renews it only while a probe is in flight, so one that got no
+        # call to probe with gives way when it runs out.
+        if state is _OPEN and (view.wanted or view.leased):
+            want = WANTS_LEASE
+        elif state is _HALF_OPEN and view.leased:
+            want = HOLDS_LEASE if view.probing else WANTS_LEASE
+        else:
+            want = NO_WANT
+        seen = self._seen.get(breaker.name)
+        p = breaker.policy
+        return Published(
+            breaker.name,
+            state.value,
+            view.stats.window_calls,
+            view.stats.window_failures,
+            view.stats.window_slow,
+            event,
+            want,
+            breaker.retry_after(),
+            p.open_seconds,
+            p.open_backoff,
+            p.max_open_seconds,
+            -1 if seen is None else seen.episode,
+        )
+
+    def _follow(self, breaker: CircuitBreaker, view: FleetState, seq: int, before: float) -> None:
         closed_fleet = view.state in ("", "closed")
-        breaker.fleet_update(view.others if closed_fleet else None, gate=True, lease=view.lease)
-        if not view.state:
-            return  # the fleet has no state for it: this process's stands
-        seen = self._seen.setdefault(breaker.name, _Seen())
-        if (view.state, view.episode) == (seen.state, seen.episode):
-            return
+        # The lease's end on this breaker's clock, counted from before the round trip:
+        # never later than Redis's, so no two processes probe in one open period.
+        lease_until = before + view.lease_remaining if view.lease else 0.0
         self._following.active = True  # the moves this makes are not news (on_transition)
         try:
-            followed = breaker.follow(State(view.state), view.remaining, seq)
+            breaker.fleet_update(view.others if closed_fleet else None, gate=True, lease_until=lease_until)
+            if not view.state:
+                return  # the fleet has no state for it: this process's stands
+            seen = self._seen.setdefault(breaker.name, _Seen())
+            if (view.state, view.episode) == (seen.state, seen.episode):
+                return
+            if breaker.follow(State(view.state), view.remaining, seq):
+                seen.state, seen.episode = view.state, view.episode
         finally:
             self._following.active = False
-        if followed:
-            seen.state, seen.episode = view.state, view.episode
 
     def _alone(self, breakers: list[CircuitBreaker], exc: Exception) -> None:
         """Redis did not answer: every breaker decides alone until it does."""
         for b in breakers:
-            b.fleet_update(None, gate=False, lease=False)
+            b.fleet_update(None, gate=False, lease_until=0.0)
         self._store = None  # a new client next time (Redis may have moved or restarted)
         if self.connected or not self.outages:
             self.outages += 1
@@ -306,7 +313,7 @@ class Fleet:
         if thread is not None and thread is not threading.current_thread() and thread.is_alive():
             thread.join(timeout=2 * self.config.timeout + 1)
         for b in self._unique_breakers():
-            b.fleet_update(None, gate=False, lease=False)
+            b.fleet_update(None, gate=False, lease_until=0.0)
         self.connected = False
 
     def _run(self) -> None:

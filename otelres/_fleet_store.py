@@ -99,6 +99,7 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', procs, '-inf', now - ttl)) do
     redis.call('ZREM', procs, dead)
   end
 end
+local member = redis.call('ZSCORE', procs, proc)
 redis.call('ZADD', procs, now, proc)
 redis.call('PEXPIRE', procs, KEEP)
 local live = redis.call('ZCARD', procs)
@@ -106,17 +107,25 @@ local mine = ns .. 'p:' .. proc
 local old = {}
 local rows = redis.call('HGETALL', mine)
 for j = 1, #rows, 2 do old[rows[j]] = rows[j + 1] end
+-- A member with no row left: it was evicted (its counts may still be in the sums).
+local lost_row = member and #rows == 0 and n > 0
 
 local out = {now, live}
 for i = 0, n - 1 do
-  local a = 7 + i * 11
+  local a = 7 + i * 12
   local name, lstate = ARGV[a], ARGV[a + 1]
   local event, want, left = ARGV[a + 5], ARGV[a + 6], tonumber(ARGV[a + 7])
   local open_ms, backoff, max_ms = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10])
+  local seen_episode = tonumber(ARGV[a + 11])
   local row = lstate .. ' ' .. ARGV[a + 2] .. ' ' .. ARGV[a + 3] .. ' ' .. ARGV[a + 4]
   local before = old[name]
   old[name] = nil
-  if before ~= row then
+  local sums_key = ns .. 's:' .. name
+  if lost_row or (before and redis.call('HEXISTS', sums_key, 'n') == 0) then
+    -- This process's row or the sums were lost (evicted): made again from the live rows.
+    redis.call('HSET', mine, name, row)
+    rebuild(name, redis.call('ZRANGE', procs, 0, -1))
+  elseif before ~= row then
     if before then apply(name, before, -1) end
     apply(name, row, 1)
     redis.call('HSET', mine, name, row)
@@ -131,26 +140,29 @@ for i = 0, n - 1 do
   if not exists and lstate == 'open' then
     event = 'O' -- flushed, or new to the fleet while open here: this process's open period stands
   end
-  if event == 'O' and state == 'closed' then
+  -- A trip reported against the closed period this process last followed (or any, before
+  -- it followed one): news from before an operator's reset does not reopen the fleet.
+  local current = not exists or seen_episode < 0 or seen_episode == episode
+  if event == 'O' and state == 'closed' and current then
     state, episode, reopens, until_, lease, changed = 'open', episode + 1, 0, now + left, '', true
-  elseif event == 'R' and (state == 'closed' or (state == 'open' and lease == proc)) then
+  elseif event == 'R' and ((state == 'closed' and current) or (state == 'open' and lease == proc)) then
     if state == 'open' then reopens = reopens + 1 else reopens = 0 end
-    local wait = math.min(max_ms, open_ms * backoff ^ math.min(reopens, 64))
+    local wait = math.floor(math.min(max_ms, open_ms * backoff ^ math.min(reopens, 64)))
     state, episode, until_, lease, changed = 'open', episode + 1, now + wait, '', true
   elseif event == 'C' and state == 'open' and (lease == proc or (now >= until_ and lease_until <= now)) then
     -- the lease holder's probe, or one made alone (Redis was unreachable) once the period is over
     state, reopens, lease, changed = 'closed', 0, '', true
   end
-  local granted = 0
+  local granted = 0 -- this process's lease: milliseconds of it left
   if state == 'open' and now >= until_ then
-    if lease == proc and (want == 'H' or lease_until > now) then
-      if want == 'H' then lease_until = now + lease_ms end
-      granted, changed = 1, true
+    if lease == proc and (want == 'H' or (want == 'L' and lease_until > now)) then
+      if want == 'H' then lease_until, changed = now + lease_ms, true end
+      granted = lease_until - now
     elseif want == 'L' and (lease == '' or lease_until <= now) then
       -- A holder whose lease ran out unused (no call came to probe with) steps aside for
       -- one lease period, so that a process with traffic probes; then it may take it again.
       if lease ~= proc or lease_until + lease_ms <= now then
-        lease, lease_until, granted, changed = proc, now + lease_ms, 1, true
+        lease, lease_until, granted, changed = proc, now + lease_ms, lease_ms, true
       end
     end
   end
@@ -162,10 +174,10 @@ for i = 0, n - 1 do
     redis.call('PEXPIRE', key, KEEP)
     redis.call('SADD', ns .. 'breakers', name)
   end
-  local sums_key = ns .. 's:' .. name
   local fields = {'calls', 'failures', 'slow', 'n', 'x:' .. state, 'x:half_open'}
   local sums = redis.call('HMGET', sums_key, unpack(fields))
-  if (tonumber(sums[4]) or 0) > live then
+  local n_rows = tonumber(sums[4]) or 0
+  if n_rows > live or n_rows < 0 or (tonumber(sums[1]) or 0) < 0 or (tonumber(sums[2]) or 0) < 0 then
     rebuild(name, redis.call('ZRANGE', procs, 0, -1))
     sums = redis.call('HMGET', sums_key, unpack(fields))
   end
@@ -235,6 +247,9 @@ class Published:
     open_seconds: float = 0.0
     open_backoff: float = 1.0
     max_open_seconds: float = 0.0
+    #: The fleet episode this process last followed (-1: none yet): news about an older
+    #: one (a trip or a failed probe from before an operator's reset) is not taken.
+    episode: int = -1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -255,6 +270,8 @@ class FleetState:
     others: tuple[int, int, int]
     processes: int
     disagreeing: int
+    #: Seconds of this process's lease left, as Redis counts (0.0 without one).
+    lease_remaining: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -315,6 +332,7 @@ class FleetStore:
                 int(b.open_seconds * 1000),
                 b.open_backoff,
                 int(b.max_open_seconds * 1000),
+                b.episode,
             ]
         out = self._sync(args=args)
         views = {}
@@ -325,10 +343,11 @@ class FleetStore:
                 state=state,
                 episode=int(row[1]),
                 remaining=int(row[2]) / 1000,
-                lease=bool(int(row[3])),
+                lease=int(row[3]) > 0,
                 others=(int(row[4]), int(row[5]), int(row[6])),
                 processes=int(row[7]),
                 disagreeing=int(row[8]),
+                lease_remaining=int(row[3]) / 1000,
             )
         return int(out[1]), views
 
@@ -365,14 +384,14 @@ class FleetStore:
                     local = value.decode().split(" ", 1)[0]
                     counts[local] = counts.get(local, 0) + 1
             lease = fields.get("lease", "")
-            if lease and int(fields.get("lease_until", "0")) <= now:
+            if lease and float(fields.get("lease_until", "0")) <= now:
                 lease = ""
             reports.append(
                 BreakerReport(
                     name=name,
                     state=fields.get("state", "closed"),
-                    episode=int(fields.get("episode", "0")),
-                    remaining=max(0, int(fields.get("until", "0")) - now) / 1000,
+                    episode=int(float(fields.get("episode", "0"))),
+                    remaining=max(0.0, float(fields.get("until", "0")) - now) / 1000,
                     lease=lease,
                     processes=counts,
                 )

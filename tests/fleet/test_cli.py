@@ -19,6 +19,7 @@ import pytest
 
 from otelres import BreakerPolicy, CircuitBreaker, SharedState, State
 from otelres.__main__ import main
+from otelres._breaker import REJECTED
 from otelres._cli_fleet import _error_text
 from otelres._fleet import Fleet, redis_client
 from otelres._fleet_store import FleetStore
@@ -189,6 +190,7 @@ def test_breakers_shows_the_lease_holder(
     fleet, api = member(API, clock=clock)
     open_in_fleet(fleet, api)
     clock.advance(BreakerPolicy().open_seconds + 0.1)
+    assert api.acquire() == REJECTED  # a call waits for the lease: this process asks for it
     assert fleet.sync_once()
     assert fleet.views[API].lease
 

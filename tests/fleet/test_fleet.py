@@ -134,6 +134,14 @@ def test_one_member_opening_opens_every_member_at_its_next_sync(members: list[Me
     assert all(m.fleet.views[NAME].state == "open" for m in members)
 
 
+def ask(members: list[Member]) -> None:
+    """Each member gets a call while the fleet is open past its period: refused for want of
+    the lease, which makes it ask for the lease at its next sync (only a process with
+    traffic does).
+    """
+    assert [m.call(ok=True) for m in members] == ["rejected"] * len(members)
+
+
 def open_the_fleet(members: list[Member]) -> None:
     sync(members)
     for _ in range(10):
@@ -148,6 +156,7 @@ def test_exactly_one_member_probes_per_open_period_and_its_success_closes_all(
     open_the_fleet(members)
     clock.advance(5.0)
     # Every member's own wait is over, but only the lease holder may probe.
+    ask(members)
     sync(members)
     leases = [m.fleet.views[NAME].lease for m in members]
     assert leases.count(True) == 1
@@ -166,6 +175,7 @@ def test_exactly_one_member_probes_per_open_period_and_its_success_closes_all(
 def test_a_failed_probe_reopens_the_fleet_with_the_backoff(members: list[Member], clock: FakeClock) -> None:
     open_the_fleet(members)
     clock.advance(5.0)
+    ask(members)
     sync(members)
     outcomes = [m.call(ok=False) for m in members]
     assert outcomes.count("failed") == 1
@@ -184,13 +194,16 @@ def test_a_lease_whose_holder_went_quiet_passes_to_another_member(
     """The holder dies before probing: after the lease's expiry another member probes."""
     open_the_fleet(members)
     clock.advance(5.0)
+    ask(members)
     sync(members)
     holder = next(m for m in members if m.fleet.views[NAME].lease)
     rest = [m for m in members if m is not holder]
     holder.fleet.stop()  # gone: it never syncs (nor probes) again
+    ask(rest)
     sync(rest)
     assert not any(m.fleet.views[NAME].lease for m in rest)  # the lease is still the holder's
     clock.advance(3.0)  # the lease lasts ttl = 3 intervals
+    ask(rest)
     sync(rest)
     assert [m.fleet.views[NAME].lease for m in rest].count(True) == 1
 
@@ -263,6 +276,7 @@ def test_a_flushed_redis_closes_nothing(members: list[Member], server: Any, cloc
     assert [m.state for m in members] == [State.OPEN] * 3
     assert all(m.fleet.views[NAME].state == "open" for m in members)
     clock.advance(5.0)
+    ask(members)
     sync(members)
     assert [m.fleet.views[NAME].lease for m in members].count(True) == 1
 
@@ -300,7 +314,7 @@ def test_a_member_that_moved_during_the_round_trip_keeps_its_news(members: list[
     """follow() refuses a view older than the breaker's own last move; the move goes out next round."""
     first, *_ = members
     sync(members)
-    _, seq, _, _ = first.breaker.fleet_view()
+    seq = first.breaker.fleet_view().seq
     for _ in range(10):
         first.call(ok=False)
     assert first.state is State.OPEN
@@ -316,9 +330,12 @@ def test_an_idle_holder_steps_aside_for_a_member_with_traffic(
     """
     open_the_fleet(members)
     clock.advance(5.0)
+    ask(members)
     sync(members)
     holder = next(m for m in members if m.fleet.views[NAME].lease)
     clock.advance(3.0)  # the lease (three intervals) runs out, unused
+    rest = [m for m in members if m is not holder]
+    ask(rest)  # they have traffic; the holder got no call
     sync(members)
     taker = next(m for m in members if m.fleet.views[NAME].lease)
     assert taker is not holder
@@ -335,12 +352,15 @@ def test_an_idle_holder_alone_takes_the_lease_again_after_stepping_aside(
         for _ in range(10):
             alone.call(ok=False)
         clock.advance(5.0)
+        ask([alone])
         assert alone.fleet.sync_once()
         assert alone.fleet.views[NAME].lease
         clock.advance(3.0)
+        assert alone.call(ok=True) == "rejected"  # its lease is over, locally too
         assert alone.fleet.sync_once()
         assert not alone.fleet.views[NAME].lease  # stepping aside for one lease period
         clock.advance(3.0)
+        ask([alone])
         assert alone.fleet.sync_once()
         assert alone.fleet.views[NAME].lease
         assert alone.call(ok=True) == "ok"
@@ -366,3 +386,147 @@ def test_sums_that_claim_more_processes_than_live_are_made_again(members: list[M
     assert second.fleet.sync_once()
     assert second.breaker._fleet == (4, 4, 0)  # the third's window only
     assert second.fleet.views[NAME].processes == 2
+
+
+# -- what a review found: each test failed before its fix ------------------------------------
+
+
+def test_a_holder_whose_lease_ran_out_never_probes_beside_the_next_holder(
+    members: list[Member], clock: FakeClock
+) -> None:
+    """The holder learns at its next sync that Redis let its lease go; its own clock ends the
+    lease no later than Redis's, so it cannot probe in the same open period as the next holder.
+    """
+    open_the_fleet(members)
+    clock.advance(5.0)
+    ask(members)
+    sync(members)
+    holder = next(m for m in members if m.fleet.views[NAME].lease)
+    other = next(m for m in members if m is not holder)
+    clock.advance(2.9)
+    assert holder.fleet.sync_once()  # still its lease (no call came: not renewed)
+    clock.advance(0.2)  # Redis's lease is over
+    ask([other])
+    assert other.fleet.sync_once()
+    assert other.fleet.views[NAME].lease
+    assert holder.call(ok=False) == "rejected"  # over on its own clock too
+    assert other.call(ok=False) == "failed"  # the one probe of this open period
+
+
+def test_a_holder_whose_probe_was_ignored_gives_way(members: list[Member], clock: FakeClock) -> None:
+    """A probe that ends counting neither way (a cancellation) leaves the holder half-open with
+    no probe in flight: it no longer renews the lease, and when the lease ends it goes back to
+    open and another member probes.
+    """
+    open_the_fleet(members)
+    clock.advance(5.0)
+    ask(members)
+    sync(members)
+    holder = next(m for m in members if m.fleet.views[NAME].lease)
+    token = holder.breaker.acquire()
+    holder.breaker.record(token, None, clock.monotonic())  # ignored: the permit comes back
+    assert holder.state is State.HALF_OPEN
+    for _ in range(2):
+        clock.advance(1.0)
+        sync(members)
+    clock.advance(1.1)
+    rest = [m for m in members if m is not holder]
+    ask(rest)
+    sync(members)
+    assert holder.state is State.OPEN
+    assert [m.fleet.views[NAME].lease for m in rest].count(True) == 1
+
+
+def test_only_a_member_with_traffic_takes_the_lease(members: list[Member], clock: FakeClock) -> None:
+    """Members that get no call for the dependency (a pre-fork master, an idle worker) never
+    take the lease: the one that has calls probes at once.
+    """
+    open_the_fleet(members)
+    clock.advance(5.0)
+    busy = members[-1]
+    for _ in range(5):
+        ask([busy])
+        sync(members)
+        if busy.fleet.views[NAME].lease:
+            break
+    assert [m.fleet.views[NAME].lease for m in members] == [False, False, True]
+    assert busy.call(ok=True) == "ok"
+
+
+def test_a_backoff_that_is_no_whole_number_of_milliseconds_reads_back(server: Any, clock: FakeClock) -> None:
+    """open_backoff=1.5: the reopened period's end is a whole millisecond, and the operator's
+    listing reads it (a fractional value made FleetStore.report raise).
+    """
+    policy = BreakerPolicy(minimum_calls=2, open_seconds=0.333, open_backoff=1.5)
+    breaker = CircuitBreaker(NAME, policy, clock=clock)
+    member = Fleet(
+        SharedState(f"redis://127.0.0.1:{server.port}/0", service="checkout"),
+        breakers=lambda: [breaker],
+        clock=clock,
+    )
+    member.listen()
+    try:
+        for _ in range(2):
+            breaker.record(breaker.acquire(), True, clock.monotonic())
+        assert member.sync_once()
+        for _ in range(3):  # probe, fail, reopen with the backoff
+            clock.advance(10.0)
+            assert breaker.acquire() == REJECTED
+            assert member.sync_once()
+            breaker.record(breaker.acquire(), True, clock.monotonic())
+            assert member.sync_once()
+        client = redis.Redis(port=server.port)
+        (report,) = FleetStore(client, "checkout").report()
+        assert (report.state, report.episode) == ("open", 4)
+        assert client.hget(f"otelres:checkout:b:{NAME}", "until").isdigit()
+    finally:
+        member.stop()
+
+
+def test_a_forked_child_does_not_keep_its_parents_lease(members: list[Member], clock: FakeClock) -> None:
+    open_the_fleet(members)
+    clock.advance(5.0)
+    ask(members)
+    sync(members)
+    holder = next(m for m in members if m.fleet.views[NAME].lease)
+    holder.breaker._after_fork_in_child()  # what a fork does in the child
+    assert holder.call(ok=True) == "rejected"  # the child's own member asks for one of its own
+
+
+def test_a_failed_probe_from_before_an_operators_reset_does_not_reopen_the_fleet(
+    members: list[Member], server: Any, clock: FakeClock
+) -> None:
+    open_the_fleet(members)
+    clock.advance(5.0)
+    ask(members)
+    sync(members)
+    holder = next(m for m in members if m.fleet.views[NAME].lease)
+    token = holder.breaker.acquire()  # the probe is in flight...
+    FleetStore(redis.Redis(port=server.port), "checkout").control(NAME, "closed")  # ...the operator resets
+    holder.breaker.record(token, True, clock.monotonic())  # ...and the probe fails
+    sync(members)
+    assert members[0].fleet.views[NAME].state == "closed"
+    assert [m.state for m in members] == [State.CLOSED] * 3
+
+
+def test_a_members_lost_row_or_lost_sums_are_made_again(members: list[Member], server: Any) -> None:
+    """Redis evicted a key (every key expires, so volatile-* policies may take any): a member
+    whose row is gone, or sums that are gone, are made again from the live rows.
+    """
+    first, second, third = members
+    for _ in range(4):
+        first.call(ok=False)
+        third.call(ok=False)
+    sync(members)
+    sync(members)
+    client = redis.Redis(port=server.port)
+    client.delete(f"otelres:checkout:p:{first.fleet.process}")
+    sync(members)
+    sync(members)
+    assert second.breaker._fleet == (8, 8, 0)
+    assert second.fleet.views[NAME].processes == 3
+    client.delete(f"otelres:checkout:s:{NAME}")
+    sync(members)
+    sync(members)
+    assert second.breaker._fleet == (8, 8, 0)
+    assert second.fleet.views[NAME].processes == 3
