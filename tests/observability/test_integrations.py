@@ -253,7 +253,7 @@ def test_grafana_datasources(root: Path) -> None:
 
 
 def test_grafana_dashboard_provider_reads_the_compose_mount(root: Path) -> None:
-    """The dashboard provider is a file provider on the directory compose mounts ../dashboards at."""
+    """The dashboard provider is a file provider on the directory compose mounts ./dashboards at."""
     provisioning = _load(root / GRAFANA_DASHBOARDS)
     assert provisioning["apiVersion"] == 1
     (provider,) = provisioning["providers"]
