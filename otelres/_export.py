@@ -118,7 +118,7 @@ def check_url(option: str, value: str) -> str:
         port = -1
     if parts.username is not None or parts.password is not None:
         raise refuse("no user or password in it", show=False)  # never echo a password
-    if not parts.hostname or port == -1 or port == 0:
+    if not parts.hostname or port in {-1, 0}:
         raise refuse("a host, and a port from 1 to 65535 if any")
     if parts.query or parts.fragment or value.endswith(("?", "#")):
         raise refuse("no query or fragment")

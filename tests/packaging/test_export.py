@@ -349,3 +349,19 @@ def test_export_from_the_wheel_writes_what_the_source_tree_does(wheel: Path, tmp
     from_wheel, from_source = _files(tmp_path / "from-wheel"), _files(tmp_path / "from-source")
     assert from_wheel == from_source
     assert re.search(r"wrote \d+ files to from-wheel", result.stdout)
+
+
+def test_a_directory_that_cannot_be_made_is_an_error_without_traceback(tmp_path: Path) -> None:
+    """DIR below a file: exit 1 with what could not be written."""
+    (tmp_path / "file").write_text("")
+    result = _cli(str(tmp_path / "file" / "out"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("otelres export: cannot write ")
+    assert "Traceback" not in result.stderr
+
+
+def test_render_refuses_a_token_it_does_not_know() -> None:
+    """A template token without a value is an error, not a token left in a user's file."""
+    assert _export.render("job: @OTELRES_JOB@", {_export.JOB: "a"}) == "job: a"
+    with pytest.raises(_export.ExportError, match="@OTELRES_NEW@"):
+        _export.render("@OTELRES_NEW@", {_export.JOB: "a"})
