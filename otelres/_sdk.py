@@ -1,10 +1,12 @@
 """Setting up the OpenTelemetry SDK from the standard ``OTEL_*`` variables, when
 the application has not set up its own providers.
 
-The work is the SDK's own (``opentelemetry.sdk._configuration``: exporter
-entry points, ``_init_tracing``; the MeterProvider through the public API);
-otelres only decides which exporters the variables ask for, with three
-differences from a bare SDK set-up:
+The work is the SDK's public API: exporters are found by their entry points
+(``opentelemetry_traces_exporter``, ``opentelemetry_metrics_exporter``, as
+``opentelemetry-instrument`` finds them), a TracerProvider with a
+BatchSpanProcessor per span exporter and a MeterProvider with a reader per
+metric exporter are set globally. otelres decides which exporters the variables
+ask for, with these differences from a bare SDK set-up:
 
 - nothing is exported unless something asks for it: an exporter variable, or
   ``OTEL_EXPORTER_OTLP_ENDPOINT`` (which then means OTLP), so that no service
@@ -18,6 +20,10 @@ differences from a bare SDK set-up:
   free one from ``OTEL_EXPORTER_PROMETHEUS_PORT`` upwards (:mod:`otelres._prometheus`),
   where the SDK's exporter binds that one port and fails in every worker but
   the first of a pre-fork server.
+- an exporter asked for but not installed is a :class:`~otelres.ConfigError`
+  naming the variable and what to install: the OTLP and Prometheus exporters
+  are otelres's extras (``pip install 'otelres[otlp]'``, ``'otelres[prometheus]'``),
+  not dependencies, so that a plain ``pip install otelres`` stays small.
 
 Each process has its own ``service.instance.id``: the SDK (1.45, as tested) makes
 one per process and a new one in a forked child; otelres relies on that.
@@ -27,7 +33,9 @@ An application's own providers are always kept.
 
 from __future__ import annotations
 
+import importlib
 import os
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import metrics, trace
@@ -40,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HTTP_CLIENT_ATTRIBUTES",
+    "INSTALL_HINTS",
     "configure_sdk",
     "exporter_names",
     "has_meter_provider",
@@ -115,27 +124,19 @@ def configure_sdk(
     }
     if not wanted["traces"] and not wanted["metrics"]:
         return {"traces": [], "metrics": []}
-    # The SDK's own configuration code, imported only when there is work for it.
-    from opentelemetry.sdk._configuration import (  # noqa: PLC0415
-        _import_exporters,
-        _init_tracing,
-    )
-    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-
     # Pull is otelres's own reader (a port per process); the other exporters are the SDK's.
+    # Every exporter is found before anything is set up: a missing one changes nothing.
     pull = "prometheus" in wanted["metrics"]
     pushed = [name for name in wanted["metrics"] if name != "prometheus"]
-    try:
-        span_exporters, metric_exporters, _ = _import_exporters(wanted["traces"], pushed, [])
-    except RuntimeError as exc:
-        # The SDK names the entry-point group it searched: that tells the signal.
-        signal = "METRICS" if "opentelemetry_metrics_exporter" in str(exc) else "TRACES"
-        var = f"OTEL_{signal}_EXPORTER"
-        hint = " (pip install opentelemetry-exporter-otlp-proto-grpc)" if "grpc" in str(exc) else ""
-        raise ConfigError(var, env.get(var, "otlp"), f"an installed exporter{hint}; {exc}") from None
+    span_exporters = _load_exporters("traces", wanted["traces"], env)
+    metric_exporters = _load_exporters("metrics", pushed, env)
+    if pull:
+        _require_prometheus(env)
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 - the SDK only when there is work
+
     resource = Resource.create()
     if span_exporters:
-        _init_tracing(exporters=span_exporters, resource=resource)
+        _install_tracer_provider(span_exporters.values(), resource)
     readers = [*metric_exporters.values()]
     if pull:
         if prometheus_ports is None:
@@ -180,6 +181,68 @@ def http_client_views() -> list[Any]:
         View(instrument_name=name, attribute_keys=set(HTTP_CLIENT_ATTRIBUTES))
         for name in HTTP_CLIENT_INSTRUMENTS
     ]
+
+
+#: What installs an exporter that otelres knows, by entry-point name: the extra, or the package.
+INSTALL_HINTS = {
+    "otlp_proto_http": "pip install 'otelres[otlp]'",
+    "otlp_proto_grpc": "pip install opentelemetry-exporter-otlp-proto-grpc",
+    "prometheus": "pip install 'otelres[prometheus]'",
+}
+
+
+def _missing(signal: Signal, name: str, env: Mapping[str, str], why: str) -> ConfigError:
+    """The error for an exporter that cannot be had: names the variable and what to install."""
+    var = f"OTEL_{signal.upper()}_EXPORTER"
+    hint = f" ({INSTALL_HINTS[name]})" if name in INSTALL_HINTS else ""
+    return ConfigError(var, env.get(var, "otlp"), f"an installed exporter{hint}; {why}")
+
+
+def _load_exporters(signal: Signal, names: Iterable[str], env: Mapping[str, str]) -> dict[str, type]:
+    """The exporter classes of ``names``, from the entry-point group of ``signal``
+    (``opentelemetry_traces_exporter``, ``opentelemetry_metrics_exporter``).
+    """
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import SpanExporter  # noqa: PLC0415
+
+    group = f"opentelemetry_{signal}_exporter"
+    kinds: tuple[type, ...] = (SpanExporter,) if signal == "traces" else (MetricExporter, MetricReader)
+    found: dict[str, type] = {}
+    for name in names:
+        points = entry_points(group=group, name=name)
+        if not points:
+            raise _missing(signal, name, env, f"no exporter {name!r} is installed (entry points {group})")
+        try:
+            exporter = next(iter(points)).load()
+        except ImportError as exc:  # installed, but a package it needs is not
+            raise _missing(signal, name, env, f"{name!r} of {group} cannot be imported: {exc}") from None
+        # A pull exporter is a MetricReader itself; a push one is wrapped in a periodic reader.
+        if not (isinstance(exporter, type) and issubclass(exporter, kinds)):
+            raise _missing(signal, name, env, f"{name!r} of {group} is not a {signal} exporter")
+        found[name] = exporter
+    return found
+
+
+def _require_prometheus(env: Mapping[str, str]) -> None:
+    """A ConfigError naming the extra when Prometheus pull is asked for without its packages."""
+    for module in ("opentelemetry.exporter.prometheus", "prometheus_client"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise _missing("metrics", "prometheus", env, f"{module} cannot be imported: {exc}") from None
+
+
+def _install_tracer_provider(exporters: Iterable[type], resource: Any) -> None:
+    """A TracerProvider with a BatchSpanProcessor per exporter, set globally (the SDK's
+    sampler and id generator from ``OTEL_TRACES_SAMPLER``, as a bare SDK set-up has them).
+    """
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+
+    provider = TracerProvider(resource=resource)
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter()))
+    trace.set_tracer_provider(provider)
 
 
 def _install_meter_provider(exporters: Iterable[Any], resource: Any) -> None:

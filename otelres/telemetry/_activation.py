@@ -120,7 +120,10 @@ def _refresh() -> None:
 # The functions that really set the global providers. The public setters look
 # these up at each call, so wrapping them also catches an application (or the
 # SDK's own set-up code) that imported the public setter by name before
-# enable(); the leading underscore is OpenTelemetry's, stable since 1.0.
+# enable(); the leading underscore is OpenTelemetry's, stable since 1.0. Private
+# API, kept because tests/telemetry/test_global_providers.py pins the behaviour
+# (setters imported by name, set later) on every version scripts/test runs, the
+# floors included: a release that moves them fails there first.
 _SETTERS = (
     ("opentelemetry.trace", "_set_tracer_provider"),
     ("opentelemetry.metrics._internal", "_set_meter_provider"),

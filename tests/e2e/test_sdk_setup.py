@@ -459,3 +459,62 @@ def test_calls_keep_counting_when_the_tracer_provider_comes_after_the_meter_prov
     ]
     # The counter must agree with the histogram: every call is counted once.
     assert [s["calls"] for s in steps] == [s["durations"] for s in steps]
+
+
+# An exporter asked for but not installed: the OTLP and Prometheus exporters are extras of otelres.
+# The app hides them as a plain `pip install otelres` has them: no entry point, no module.
+HIDE_EXPORTERS = """
+import importlib.metadata
+import sys
+
+_entry_points = importlib.metadata.entry_points
+
+
+def entry_points(**selection):
+    if selection.get("name") == "otlp_proto_http":
+        return _entry_points(group="otelres-test-nothing")
+    return _entry_points(**selection)
+
+
+importlib.metadata.entry_points = entry_points
+sys.modules["opentelemetry.exporter.prometheus"] = None
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "extra"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, "OTEL_TRACES_EXPORTER", "otlp"),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, "OTEL_TRACES_EXPORTER", "otlp"),
+        (
+            {"OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "otlp"},
+            "OTEL_METRICS_EXPORTER",
+            "otlp",
+        ),
+        ({"OTEL_METRICS_EXPORTER": "prometheus"}, "OTEL_METRICS_EXPORTER", "prometheus"),
+    ],
+    ids=["endpoint", "traces", "metrics", "prometheus"],
+)
+def test_an_exporter_not_installed_names_the_extra(
+    run_app: RunApp, env: dict[str, str], variable: str, extra: str
+) -> None:
+    """An exporter asked for in OTEL_* but not installed is a ConfigError naming the variable and
+    the extra to install; no provider is set up (nothing half-done).
+    """
+    source = app(
+        HIDE_EXPORTERS,
+        INSTRUMENT_OR_ERROR,
+        """
+        from opentelemetry import metrics
+        providers = trace.get_tracer_provider(), metrics.get_meter_provider()
+        print("PROVIDERS", *(type(provider).__name__ for provider in providers))
+        """,
+    )
+    proc = run_app(source, env)
+    error = result(proc)["error"]
+    assert isinstance(error, dict)
+    assert error["key"] == variable
+    hint = f"pip install 'otelres[{extra}]'"
+    assert hint in error["allowed"]
+    assert hint in error["message"]
+    assert "PROVIDERS ProxyTracerProvider _ProxyMeterProvider" in proc.stdout
