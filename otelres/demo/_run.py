@@ -400,7 +400,7 @@ def run_demo(
         raise ValueError(f"rate must be > 0 calls per second, not {rate}")
     clients = available_clients()
     if not clients:
-        raise DemoError("the demo needs requests or httpx: pip install 'otelres[requests,httpx]'")
+        raise DemoError("the demo needs requests or httpx: pip install 'otelres[demo]'")
     screen = _Screen(out if out is not None else sys.stdout)
     upstream = FlakyUpstream(phases)
     tally = _Tally(upstream.url.rstrip("/"), screen, upstream.elapsed)

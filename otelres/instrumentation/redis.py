@@ -316,7 +316,7 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """The redis-py versions this patches."""
-        return ("redis >= 5.0",)
+        return ("redis >= 6.3",)  # Retry.get_retries, update_retries; tested at its floor
 
     def _instrument(self, **kwargs: Any) -> None:
         ensure_telemetry()

@@ -189,7 +189,7 @@ def app(
     server = "uvicorn" if request.param == "fastapi" else "gunicorn"
     if importlib.util.find_spec(server) is None:
         if os.environ.get("CI"):
-            pytest.fail(f"{server} is not installed (pip install otelres[test])")
+            pytest.fail(f"{server} is not installed (pip install --group test)")
         pytest.skip(f"{server} is not installed")
     running = App(request.param, upstreams, tmp_path_factory.mktemp(request.param) / "server.log")
     try:
