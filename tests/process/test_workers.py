@@ -163,9 +163,9 @@ def scalar(prometheus: str, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def dashboard_expr(title: str) -> str:
-    """The query of the shipped dashboard's panel ``title``, its variables substituted."""
-    board = json.loads(live_stack.DASHBOARD.read_text(encoding="utf-8"))
+def dashboard_expr(exported: Path, title: str) -> str:
+    """The query of the exported dashboard's panel ``title``, its variables substituted."""
+    board = json.loads((exported / live_stack.DASHBOARD).read_text(encoding="utf-8"))
     found = [expr for panel, _, expr in live_stack.dashboard_queries(board) if panel == title]
     assert len(found) == 1, (title, found)
     return str(live_stack.substitute(found[0]))
@@ -184,9 +184,9 @@ def test_pull_every_worker_serves_its_port_and_prometheus_counts_each_call_once(
     first = free_port_range(PORTS)
     job = f'job="{live_stack.JOB}"'
     targets = [f"127.0.0.1:{port}" for port in range(first, first + PORTS)]
-    prometheus_process, prometheus = live_stack.start_prometheus(
-        tmp_path, live_stack.shipped_rules(), targets, None
-    )
+    exported = live_stack.export_shipped(tmp_path / "exported")
+    rules = live_stack.shipped_rules(exported)
+    prometheus_process, prometheus = live_stack.start_prometheus(tmp_path, rules, targets, None)
     env = {
         "OTEL_METRICS_EXPORTER": "prometheus",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
@@ -231,8 +231,8 @@ def test_pull_every_worker_serves_its_port_and_prometheus_counts_each_call_once(
         assert len(instance_ids) == len(identities) >= len(service.pids), identities
 
         # A circuit open in one worker shows as one open circuit; open in both, still one.
-        open_circuits = dashboard_expr("Open circuits")
-        rule = live_stack.circuit_open_rules(live_stack.shipped_rules())[0]["expr"]
+        open_circuits = dashboard_expr(exported, "Open circuits")
+        rule = live_stack.circuit_open_rules(rules)[0]["expr"]
         breaker = service.upstream.url.rstrip("/")
         forced = (
             f'{CIRCUIT_STATE}{{{job}, {live_stack.BREAKER_LABEL}="{breaker}", otelres_state="forced_open"}}'
