@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -328,6 +329,7 @@ class Fleet:
 
 _current: Fleet | None = None
 _lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_lock")
 
 
 def current() -> Fleet | None:
@@ -361,9 +363,9 @@ def stop() -> None:
 def _after_fork_in_child() -> None:
     """A forked child is a new member: a new id, a new client, a thread of its own
     (the parent's does not exist here); what the parent's thread knew stays behind.
+    Called by :func:`otelres._fork.renew` once ``_lock`` is a fresh lock.
     """
-    global _current, _lock  # noqa: PLW0603
-    _lock = threading.Lock()
+    global _current  # noqa: PLW0603
     parent = _current
     if parent is None:
         return
@@ -374,6 +376,3 @@ def _after_fork_in_child() -> None:
         fleet = Fleet(parent.config, breakers=parent._breakers, clock=parent._clock)
         fleet.start()
         _current = fleet
-
-
-_fork.at_fork(after_in_child=_after_fork_in_child)

@@ -4,9 +4,11 @@ connected or not, how many processes, where they disagree; nothing while shared 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,3 +116,45 @@ def test_instrument_starts_and_uninstrument_stops_the_member(
         otelres.uninstrument()
         otelres._config.configure(None)
     assert fleet_module.current() is None
+
+
+def test_a_forked_child_is_a_member_of_its_own(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork() of a process sharing breaker state: the child has a member of its own (another
+    id, its own running thread) that reaches Redis; the parent's member goes on unchanged.
+    """
+    monkeypatch.setenv("OTELRES_SHARED_STATE", f"redis://127.0.0.1:{server.port}/0")
+    monkeypatch.setenv("OTELRES_SHARED_STATE_INTERVAL", "0.1")
+    otelres._config.configure(None)
+    try:
+        otelres.instrument()
+        parent = fleet_module.current()
+        assert parent is not None
+        until(lambda: parent.connected, "the parent's member reaches Redis")
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            # 3.12+ warns that fork() of a multi-threaded process may deadlock: what the
+            # fork hooks exist for.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            answer = "no member"
+            try:
+                child = fleet_module.current()
+                if child is not None:
+                    deadline = time.monotonic() + WAIT
+                    while not child.connected and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    alive = child._thread is not None and child._thread.is_alive()
+                    answer = f"{child.process != parent.process} {alive} {child.connected}"
+            finally:
+                os.write(write, answer.encode())
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            answer = pipe.read()
+        os.waitpid(pid, 0)
+        assert answer == "True True True"
+        assert fleet_module.current() is parent
+    finally:
+        otelres.uninstrument()
+        otelres._config.configure(None)
