@@ -18,11 +18,13 @@ from ._fallback import Fallback
 from ._flow import Guard, current_attempt
 from ._idempotency import retry_unsafe
 from ._instrument import instrument, uninstrument
+from ._limit import AdaptiveLimit, FixedLimit
 from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy, SharedState
 from ._registry import Profile, Registry, default_registry
 from ._resilience import Attempt, Resilience, resilient
 
 __all__ = [
+    "AdaptiveLimit",
     "Attempt",
     "BreakerPolicy",
     "BreakerStats",
@@ -33,6 +35,7 @@ __all__ = [
     "ConfigError",
     "Event",
     "Fallback",
+    "FixedLimit",
     "Guard",
     "Listener",
     "MonotonicClock",
