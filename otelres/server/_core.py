@@ -31,9 +31,13 @@ from otelres import _fork
 from otelres._deadline import MAX_DEADLINE
 from otelres._degrade import DegradedSet
 from otelres._errors import ConfigError
+from otelres.server._shedding import Shedding
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from otelres._errors import CircuitOpenError
+    from otelres._limit import Limiter
 
 __all__ = [
     "Middleware",
@@ -389,15 +393,22 @@ def _verbose(query: str) -> bool:
 
 
 _App = TypeVar("_App")
+#: What a request is to the middleware: a WSGI environ or an ASGI scope.
+_Request = TypeVar("_Request")
 
 
-class Middleware(Generic[_App]):
-    """What both middlewares are built from: the wrapped app and its :class:`RequestRules`.
+class Middleware(Generic[_App, _Request]):
+    """What both middlewares are built from: the wrapped app, its :class:`RequestRules` and,
+    with a ``limit``, its :class:`~otelres.server._shedding.Shedding`.
 
     ``deadline_header`` (off by default) lets a caller shorten its own request's
     deadline: turn it on only behind a proxy that sets or strips that header.
     ``show_details`` (off by default) lets responses name breakers, checks and
     errors: for services on an internal network only.
+    ``limit`` (off by default): at most that many requests in flight (an int, an
+    :class:`otelres.FixedLimit` or an :class:`otelres.AdaptiveLimit`); the others are shed
+    at once with 503 and ``Retry-After``, probes never. ``critical`` (a predicate on the
+    request, asked only when the limit is taken) lets a request use the headroom above it.
     """
 
     def __init__(
@@ -411,6 +422,8 @@ class Middleware(Generic[_App]):
         deadline_header: str | None = None,
         max_deadline: float = 30.0,
         show_details: bool = False,
+        limit: int | Limiter | None = None,
+        critical: Callable[[_Request], bool] | None = None,
     ) -> None:
         self.app = app
         #: This instance's decisions (probes, deadlines); ``malformed_headers`` counts ignored headers.
@@ -423,6 +436,17 @@ class Middleware(Generic[_App]):
             max_deadline=max_deadline,
             show_details=show_details,
         )
+        if limit is None and critical is not None:
+            raise ConfigError("critical", critical, "None unless a limit is set (it says who may pass it)")
+        #: The concurrency limit's decisions, or None without a limit.
+        self.shedding: Shedding[_Request] | None = (
+            None if limit is None else Shedding(limit, critical, show_details=show_details)
+        )
+
+    @property
+    def limiter(self) -> Limiter | None:
+        """The concurrency limit (``limit``, ``in_flight``, ``shed``), or None without one."""
+        return None if self.shedding is None else self.shedding.limiter
 
     @property
     def server(self) -> RequestRules:

@@ -19,6 +19,7 @@ __all__ = [
     "ATTR_RETRY_AFTER",
     "ATTR_RETRY_DELAY",
     "ATTR_RETRY_REASON",
+    "ATTR_SHED_REASON",
     "ATTR_STATE",
     "ATTR_TO_STATE",
     "CALLS",
@@ -30,7 +31,9 @@ __all__ = [
     "EVENT_RETRY",
     "LOG_CALL_REJECTED",
     "LOG_CIRCUIT_TRANSITION",
+    "LOG_LIMIT_CHANGED",
     "LOG_REQUEST_REJECTED",
+    "LOG_REQUEST_SHED",
     "LOG_RETRY",
     "LOG_RETRY_EXHAUSTED",
     "LOG_RETRY_SUPPRESSED",
@@ -40,9 +43,13 @@ __all__ = [
     "RETRIES",
     "RETRIES_SUPPRESSED",
     "RETRY_DELAY",
+    "SERVER_IN_FLIGHT",
+    "SERVER_LIMIT",
+    "SERVER_SHED",
     "SHARED_STATE_CONNECTED",
     "SHARED_STATE_DISAGREEING",
     "SHARED_STATE_PROCESSES",
+    "SHED_REASONS",
     "STATES",
     "SUPPRESSED_REASONS",
 ]
@@ -63,6 +70,12 @@ RETRY_DELAY: Final = "otelres.retry.delay"
 SHARED_STATE_CONNECTED: Final = "otelres.shared_state.connected"
 SHARED_STATE_PROCESSES: Final = "otelres.shared_state.processes"
 SHARED_STATE_DISAGREEING: Final = "otelres.shared_state.disagreeing"
+#: The server middleware's concurrency limit (``ResilienceMiddleware(..., limit=...)``): only
+#: while a middleware has one. The limit now and the requests in flight under it (gauges, summed
+#: over the process's limited middlewares), and the requests shed (a counter, by reason).
+SERVER_LIMIT: Final = "otelres.server.limit"
+SERVER_IN_FLIGHT: Final = "otelres.server.in_flight"
+SERVER_SHED: Final = "otelres.server.shed"
 
 #: The series the standard OpenTelemetry Prometheus exporter makes of them.
 PROMETHEUS: Final = {
@@ -76,6 +89,9 @@ PROMETHEUS: Final = {
     SHARED_STATE_CONNECTED: "otelres_shared_state_connected",
     SHARED_STATE_PROCESSES: "otelres_shared_state_processes",
     SHARED_STATE_DISAGREEING: "otelres_shared_state_disagreeing",
+    SERVER_LIMIT: "otelres_server_limit",
+    SERVER_IN_FLIGHT: "otelres_server_in_flight",
+    SERVER_SHED: "otelres_server_shed_total",
 }
 
 # -- attributes -------------------------------------------------------------------------
@@ -90,6 +106,8 @@ ATTR_ATTEMPTS: Final = "otelres.attempts"
 ATTR_RETRY_DELAY: Final = "otelres.retry.delay"
 ATTR_FAILURE_RATE: Final = "otelres.failure_rate"
 ATTR_RETRY_AFTER: Final = "otelres.retry_after"
+#: Why the middleware shed a request (SHED_REASONS).
+ATTR_SHED_REASON: Final = "otelres.shed.reason"
 
 #: The closed sets attribute values come from (bounded cardinality).
 OUTCOMES: Final = ("success", "failure", "rejected", "fallback")
@@ -102,6 +120,9 @@ SUPPRESSED_REASONS: Final = (
     "circuit_open",
     "retry_after",
 )
+#: ``limit``: the limit was taken; ``critical``: a critical request found the limit and the
+#: headroom above it taken.
+SHED_REASONS: Final = ("limit", "critical")
 
 # -- span events ------------------------------------------------------------------------
 EVENT_RETRY: Final = "otelres.retry"
@@ -116,3 +137,7 @@ LOG_CIRCUIT_TRANSITION: Final = "otelres.circuit.transition"
 LOG_CALL_REJECTED: Final = "otelres.call.rejected"
 #: A request the middleware (or the framework glue) answered 503 because a circuit is open.
 LOG_REQUEST_REJECTED: Final = "otelres.request.rejected"
+#: A request the middleware shed with 503 (over its concurrency limit); rate-limited.
+LOG_REQUEST_SHED: Final = "otelres.request.shed"
+#: An adaptive concurrency limit moved by a quarter or more since the last such line; rate-limited.
+LOG_LIMIT_CHANGED: Final = "otelres.limit.changed"
