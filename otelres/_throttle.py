@@ -1,0 +1,248 @@
+"""Client-side adaptive throttling: a struggling dependency sees its load fall smoothly.
+
+A circuit breaker is all or nothing: closed, every call goes out; open, none does. A dependency
+that is slow or partly failing (overloaded, one replica of four down) is better served by less
+load than by none: the throttle of Google's SRE book ("Handling Overload", client-side
+throttling) rejects each request locally, before it reaches the network, with probability::
+
+    p = max(0, (requests - k * accepts) / (requests + 1))
+
+where ``requests`` counts every request the application attempted over the window (the ones
+rejected here included) and ``accepts`` the ones the dependency accepted (any answer that was
+not an overload or failure signal). While the dependency accepts more than ``1 / k`` of them,
+nothing is rejected; past that, it receives about ``k`` times what it accepts, so that it still
+sees enough traffic to show when it recovers. ``k`` = 2 (the book's choice) tolerates up to half
+of the requests failing before throttling starts; a ``k`` near 1 throttles sooner and harder.
+
+Two guards from peer implementations: no rejection before ``min_requests`` were counted in the
+window (a handful of failures says little), and the probability never exceeds ``max_rejection``
+(failsafe-go's ``maxRejectionRate``, Envoy's ``max_rejection_probability``), so some requests
+always probe the dependency.
+
+The counts live in a fixed ring of buckets (one a second for the default two minutes), so
+memory does not grow with traffic. Decisions without I/O, on an injectable clock and random
+source; one short lock, renewed in a forked child, which starts with an empty window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random as _random
+import threading
+from typing import TYPE_CHECKING, NamedTuple
+
+from . import _fork
+from ._clock import MONOTONIC, Clock
+from ._errors import ConfigError
+from ._policy import _check_number, _Evolve
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Throttle", "ThrottlePolicy", "ThrottleStats"]
+
+#: The most buckets a window keeps: a window longer than this many seconds has wider buckets,
+#: so that a day-long window costs no more memory than a ten-minute one.
+MAX_BUCKETS = 600
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ThrottlePolicy(_Evolve):
+    """How hard a :class:`Throttle` throttles, and over how much history.
+
+    ``k``: the dependency receives about ``k`` times the requests it accepts (2.0, the SRE
+    book's value: at most one request in two wasted on a struggling dependency; 1.1 throttles
+    almost down to what it accepts, for a dependency whose rejections cost as much as its work).
+    ``window_seconds``: the history the counts cover (120 s, the book's two minutes: long enough
+    not to react to a blip, short enough to follow an incident). ``min_requests``: no rejection
+    before this many requests were counted in the window (20, as the breaker's
+    ``minimum_calls``). ``max_rejection``: the most the rejection probability may be (0.9, as
+    failsafe-go: one request in ten still probes the dependency, whatever it answered lately).
+    """
+
+    k: float = 2.0
+    window_seconds: float = 120.0
+    min_requests: int = 20
+    max_rejection: float = 0.9
+
+    def __post_init__(self) -> None:
+        # k < 1 would throttle a dependency that accepts everything.
+        _check_number("throttle.k", self.k, low=1.0, high=1000.0)
+        _check_number("throttle.window_seconds", self.window_seconds, low=0.0, high=86400.0, low_open=True)
+        _check_number("throttle.min_requests", self.min_requests, low=0, high=1_000_000, integer=True)
+        _check_number("throttle.max_rejection", self.max_rejection, low=0.0, high=1.0, low_open=True)
+
+    @property
+    def buckets(self) -> int:
+        """How many buckets the window is made of: one a second, at most :data:`MAX_BUCKETS`."""
+        return min(MAX_BUCKETS, max(1, math.ceil(self.window_seconds)))
+
+
+class ThrottleStats(NamedTuple):
+    """What a throttle's window holds now."""
+
+    #: Requests attempted in the window, the ones rejected locally included.
+    requests: int
+    #: Requests the dependency accepted in the window.
+    accepts: int
+    #: Requests rejected locally in the window (never sent).
+    rejected: int
+    #: The probability that the next request is rejected locally.
+    probability: float
+
+
+class Throttle:
+    """Client-side adaptive throttling for one dependency (see the module's docstring).
+
+    Call :meth:`admit` before each request: False means do not send it (count it as rejected,
+    fail it fast). Call :meth:`record` once for each request sent, with whether the dependency
+    accepted it. A request admitted and never recorded counts as not accepted: record a request
+    that ended for reasons of the caller's own (a cancellation, a bad argument) as accepted,
+    since it says nothing against the dependency.
+
+    ``random`` returns a float in [0, 1) (default :func:`random.random`); ``clock`` is an
+    :class:`~otelres.Clock` (default the monotonic clock): both are for tests. Thread-safe.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_accepts",
+        "_clock",
+        "_head",
+        "_lock",
+        "_random",
+        "_rejected",
+        "_requests",
+        "_ring_accepts",
+        "_ring_rejected",
+        "_ring_requests",
+        "_width",
+        "policy",
+    )
+
+    def __init__(
+        self,
+        policy: ThrottlePolicy | None = None,
+        *,
+        clock: Clock | None = None,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        if policy is None:
+            policy = ThrottlePolicy()
+        elif not isinstance(policy, ThrottlePolicy):
+            raise ConfigError("throttle", policy, "an otelres ThrottlePolicy or None")
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigError(
+                "throttle.clock", clock, "an otelres.Clock (monotonic, wall, sleep, asleep) or None"
+            )
+        if random is not None and not callable(random):
+            raise ConfigError("throttle.random", random, "a callable returning a float in [0, 1), or None")
+        #: The policy it throttles by.
+        self.policy = policy
+        self._clock: Clock = clock if clock is not None else MONOTONIC
+        self._random: Callable[[], float] = random if random is not None else _random.random
+        size = policy.buckets
+        self._width = policy.window_seconds / size
+        # Three parallel rings: bucket i holds the counts of the bucket index b with b % size == i;
+        # _head is the index of the newest bucket (None before the first request).
+        self._ring_requests = [0] * size
+        self._ring_accepts = [0] * size
+        self._ring_rejected = [0] * size
+        self._head: int | None = None
+        self._requests = self._accepts = self._rejected = 0
+        self._lock = threading.Lock()
+        _fork.renew(self, "_lock")
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts with an empty window: the parent's requests were its own, and
+        the responses to those in flight at the fork go to the parent's threads.
+        """
+        self._clear()
+
+    def _clear(self) -> None:
+        size = len(self._ring_requests)
+        self._ring_requests = [0] * size
+        self._ring_accepts = [0] * size
+        self._ring_rejected = [0] * size
+        self._head = None
+        self._requests = self._accepts = self._rejected = 0
+
+    def _advance(self) -> int:
+        """Drop the buckets that left the window as of now; the ring slot of now's bucket.
+        Called under the lock (the clock is read there too, so the buckets only move forward).
+        """
+        index = int(self._clock.monotonic() // self._width)
+        size = len(self._ring_requests)
+        head = self._head
+        if head is None:
+            self._head = index
+            return index % size
+        if index <= head:
+            # The same bucket; or a clock that went back (not a monotonic one): count in the
+            # newest bucket rather than in one that may already hold another time's counts.
+            return head % size
+        requests, accepts, rejected = self._ring_requests, self._ring_accepts, self._ring_rejected
+        for b in range(head + 1, head + 1 + min(index - head, size)):
+            i = b % size
+            self._requests -= requests[i]
+            self._accepts -= accepts[i]
+            self._rejected -= rejected[i]
+            requests[i] = accepts[i] = rejected[i] = 0
+        self._head = index
+        return index % size
+
+    def _probability(self) -> float:
+        """The rejection probability from the window's counts (called under the lock)."""
+        requests = self._requests
+        if requests < self.policy.min_requests:
+            return 0.0
+        p = (requests - self.policy.k * self._accepts) / (requests + 1)
+        # max() first: accepts recorded late may briefly outnumber the requests still in the window.
+        return min(max(p, 0.0), self.policy.max_rejection)
+
+    def admit(self) -> bool:
+        """Whether to send the next request: counts it, and rejects it with the current
+        probability (computed before counting it). The random draw happens only when the
+        probability is above zero, so a healthy dependency costs no random numbers.
+        """
+        with self._lock:
+            i = self._advance()
+            p = self._probability()
+            self._ring_requests[i] += 1
+            self._requests += 1
+            if p > 0.0 and self._random() < p:
+                self._ring_rejected[i] += 1
+                self._rejected += 1
+                return False
+            return True
+
+    def record(self, accepted: bool) -> None:
+        """The dependency answered a request :meth:`admit` let through: ``accepted`` unless the
+        answer was an overload or failure signal (a 503, a 429, a timeout, a refused
+        connection). A request not accepted needs no count of its own: :meth:`admit` counted it.
+        """
+        if not accepted:
+            return
+        with self._lock:
+            i = self._advance()
+            self._ring_accepts[i] += 1
+            self._accepts += 1
+
+    def rejection_probability(self) -> float:
+        """The probability that :meth:`admit` rejects the next request, in [0, max_rejection]."""
+        with self._lock:
+            self._advance()
+            return self._probability()
+
+    def stats(self) -> ThrottleStats:
+        """The window's counts and the rejection probability, read together."""
+        with self._lock:
+            self._advance()
+            return ThrottleStats(self._requests, self._accepts, self._rejected, self._probability())
+
+    def __repr__(self) -> str:
+        return (
+            f"Throttle(k={self.policy.k:g}, window_seconds={self.policy.window_seconds:g}, "
+            f"requests={self._requests}, accepts={self._accepts}, rejected={self._rejected})"
+        )
