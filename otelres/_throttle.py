@@ -7,14 +7,18 @@ throttling) rejects each request locally, before it reaches the network, with pr
 
     p = max(0, (requests - k * accepts) / (requests + 1))
 
-where ``requests`` counts every request the application attempted over the window (the ones
-rejected here included) and ``accepts`` the ones the dependency accepted (any answer that was
-not an overload or failure signal). While the dependency accepts more than ``1 / k`` of them,
-nothing is rejected; past that, it receives about ``k`` times what it accepts, so that it still
-sees enough traffic to show when it recovers. ``k`` = 2 (the book's choice) tolerates up to half
-of the requests failing before throttling starts; a ``k`` near 1 throttles sooner and harder.
+where ``requests`` counts the requests of the window, the ones rejected here included (as in the
+book), and ``accepts`` the ones the dependency accepted (any answer that was not an overload or
+failure signal). While the dependency accepts more than ``1 / k`` of them, nothing is rejected;
+past that, it receives about ``k`` times what it accepts, so that it still sees enough traffic
+to show when it recovers. ``k`` = 2 (the book's choice) tolerates up to half of the requests
+failing before throttling starts; a ``k`` near 1 throttles sooner and harder, and recovers more
+slowly (each window lets through only ``k`` times what the previous one saw accepted).
 
-Two guards from peer implementations: no rejection before ``min_requests`` were counted in the
+A request sent is counted when its answer is recorded, as gRPC's adaptive throttler does, not
+when it is admitted: a burst of concurrent requests whose answers have not come back yet (a
+process starting, the first traffic after a quiet spell) is not mistaken for failures. Two
+guards from peer implementations: no rejection before ``min_requests`` were counted in the
 window (a handful of failures says little), and the probability never exceeds ``max_rejection``
 (failsafe-go's ``maxRejectionRate``, Envoy's ``max_rejection_probability``), so some requests
 always probe the dependency.
@@ -82,7 +86,7 @@ class ThrottlePolicy(_Evolve):
 class ThrottleStats(NamedTuple):
     """What a throttle's window holds now."""
 
-    #: Requests attempted in the window, the ones rejected locally included.
+    #: Requests of the window: answered (see :meth:`Throttle.record`) or rejected locally.
     requests: int
     #: Requests the dependency accepted in the window.
     accepts: int
@@ -95,11 +99,11 @@ class ThrottleStats(NamedTuple):
 class Throttle:
     """Client-side adaptive throttling for one dependency (see the module's docstring).
 
-    Call :meth:`admit` before each request: False means do not send it (count it as rejected,
-    fail it fast). Call :meth:`record` once for each request sent, with whether the dependency
-    accepted it. A request admitted and never recorded counts as not accepted: record a request
-    that ended for reasons of the caller's own (a cancellation, a bad argument) as accepted,
-    since it says nothing against the dependency.
+    Call :meth:`admit` before each request: False means do not send it (fail it fast; it is
+    counted as a request and as rejected). Call :meth:`record` once for each request sent, with
+    whether the dependency accepted it. A request admitted and never recorded counts neither
+    way: leave unrecorded one that ended for reasons of the caller's own (a cancellation, a bad
+    argument), since it says nothing about the dependency.
 
     ``random`` returns a float in [0, 1) (default :func:`random.random`); ``clock`` is an
     :class:`~otelres.Clock` (default the monotonic clock): both are for tests. Thread-safe.
@@ -198,36 +202,37 @@ class Throttle:
         if requests < self.policy.min_requests:
             return 0.0
         p = (requests - self.policy.k * self._accepts) / (requests + 1)
-        # max() first: accepts recorded late may briefly outnumber the requests still in the window.
         return min(max(p, 0.0), self.policy.max_rejection)
 
     def admit(self) -> bool:
-        """Whether to send the next request: counts it, and rejects it with the current
-        probability (computed before counting it). The random draw happens only when the
-        probability is above zero, so a healthy dependency costs no random numbers.
+        """Whether to send the next request: rejects it with the current probability, and counts
+        a rejected one as a request at once (one let through is counted by :meth:`record`). The
+        random draw happens only when the probability is above zero, so a healthy dependency
+        costs no random numbers.
         """
         with self._lock:
             i = self._advance()
             p = self._probability()
-            self._ring_requests[i] += 1
-            self._requests += 1
             if p > 0.0 and self._random() < p:
+                self._ring_requests[i] += 1
                 self._ring_rejected[i] += 1
+                self._requests += 1
                 self._rejected += 1
                 return False
             return True
 
     def record(self, accepted: bool) -> None:
-        """The dependency answered a request :meth:`admit` let through: ``accepted`` unless the
-        answer was an overload or failure signal (a 503, a 429, a timeout, a refused
-        connection). A request not accepted needs no count of its own: :meth:`admit` counted it.
+        """The dependency answered a request :meth:`admit` let through: count it, as accepted
+        unless the answer was an overload or failure signal (a 503, a 429, a timeout, a refused
+        connection).
         """
-        if not accepted:
-            return
         with self._lock:
             i = self._advance()
-            self._ring_accepts[i] += 1
-            self._accepts += 1
+            self._ring_requests[i] += 1
+            self._requests += 1
+            if accepted:
+                self._ring_accepts[i] += 1
+                self._accepts += 1
 
     def rejection_probability(self) -> float:
         """The probability that :meth:`admit` rejects the next request, in [0, max_rejection]."""
