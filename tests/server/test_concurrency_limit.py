@@ -6,26 +6,20 @@ fork, and a hypothesis state machine checking every admission against the limit 
 from __future__ import annotations
 
 import math
-import os
-import select
-import signal
 import threading
-import time
-import warnings
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from limit_support import WAIT, fork_and_read
 
 import otelres
 from otelres import AdaptiveLimit, ConfigError, FixedLimit
 from otelres._limit import LIVE, SHED_REASONS, LimitChange, Permit, watch
 from otelres.telemetry import names
 from otelres.testing import FakeClock
-
-WAIT = 10.0
 
 
 def run(limiter: AdaptiveLimit, clock: FakeClock, *, rtt: float, concurrency: int, seconds: float) -> None:
@@ -301,41 +295,6 @@ def test_threads_never_take_more_than_the_limit_and_its_headroom() -> None:
         thread.join(WAIT * 3)
     assert most <= 5 + 2
     assert limiter.in_flight == 0
-
-
-def fork_and_read(work: Any) -> str:
-    """Fork; the child runs ``work`` and writes its answer; the parent returns it (bounded wait)."""
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: the point here
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(read_end)
-        code = 1
-        try:
-            try:
-                line, code = str(work()), 0
-            except BaseException as exc:
-                line = f"error: {exc!r}"
-            os.write(write_end, line.encode()[:4000])
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        deadline = time.monotonic() + WAIT
-        chunks = []
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read_end], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                return "deadlock"
-            chunk = os.read(read_end, 4096)
-            if not chunk:
-                return b"".join(chunks).decode()
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
 
 
 def test_a_forked_child_starts_with_nothing_in_flight(clock: FakeClock) -> None:
