@@ -37,7 +37,15 @@ PROMETHEUS_RULE = Path("kubernetes", "prometheusrule.yaml")
 DEPLOYMENT = Path("kubernetes", "deployment.yaml")
 RUNBOOKS = Path("runbooks")
 
-ALERTS = {"OtelresCircuitOpen", "OtelresCircuitFlapping", "OtelresRetryStorm", "OtelresRetryBudgetExhausted"}
+ALERTS = {
+    "OtelresCircuitOpen",
+    "OtelresCircuitFlapping",
+    "OtelresRetryStorm",
+    "OtelresRetryBudgetExhausted",
+    "OtelresLoadShedding",
+}
+#: The alerts about a whole job (its server middleware), not about a breaker: they name the job.
+JOB_ALERTS = {"OtelresLoadShedding"}
 HISTOGRAMS = {names.PROMETHEUS[names.CALL_DURATION], names.PROMETHEUS[names.RETRY_DELAY]}
 SERIES = set(names.PROMETHEUS.values()) | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
 LABELS = {getattr(names, attr).replace(".", "_") for attr in names.__all__ if attr.startswith("ATTR_")}
@@ -86,7 +94,7 @@ def test_promtool_check_rules(root: Path) -> None:
     """`promtool check rules` accepts the shipped alert rules."""
     result = _run(_tool("promtool"), "check", "rules", str(root / RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_promtool_test_rules(root: Path) -> None:
@@ -127,7 +135,7 @@ def test_amtool_check_config(root: Path) -> None:
 
 
 def test_rules_are_the_four_alerts_in_group_otelres(root: Path) -> None:
-    """Group `otelres` holds the four alerts; OtelresCircuitOpen is warning at 1m, critical at 5m."""
+    """Group `otelres` holds the five alerts; OtelresCircuitOpen is warning at 1m, critical at 5m."""
     groups = _load(root / RULES)["groups"]
     assert [g["name"] for g in groups] == ["otelres"]
     rules = _rules(root)
@@ -140,8 +148,9 @@ def test_rules_are_the_four_alerts_in_group_otelres(root: Path) -> None:
 
 
 def test_every_alert_has_severity_annotations_and_an_existing_runbook(exported: Exported) -> None:
-    """Every rule has a severity, a summary, a description naming the breaker and a runbook that exists
-    among the exported ones, linked by an absolute URL under the runbook base.
+    """Every rule has a severity, a summary, a description naming the breaker (the job, for the
+    alerts about a job) and a runbook that exists among the exported ones, linked by an absolute
+    URL under the runbook base.
     """
     root = exported.directory
     for rule in _rules(root):
@@ -149,7 +158,8 @@ def test_every_alert_has_severity_annotations_and_an_existing_runbook(exported: 
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         annotations = rule["annotations"]
         assert annotations["summary"].strip(), name
-        assert "{{ $labels.otelres_breaker }}" in annotations["description"], name
+        named = "{{ $labels.job }}" if name in JOB_ALERTS else "{{ $labels.otelres_breaker }}"
+        assert named in annotations["description"], name
         runbook = annotations["runbook_url"]
         assert runbook == f"{exported.runbook_base}{name}.md", name
         assert urllib.parse.urlsplit(runbook).scheme in {"file", "http", "https"}, runbook

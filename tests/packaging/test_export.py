@@ -38,7 +38,13 @@ FILLED = {
     _export.RUNBOOK_BASE: "https://runbooks.example.com/otelres/",
     _export.VERSION: otelres.__version__,
 }
-ALERTS = ("OtelresCircuitOpen", "OtelresCircuitFlapping", "OtelresRetryStorm", "OtelresRetryBudgetExhausted")
+ALERTS = (
+    "OtelresCircuitOpen",
+    "OtelresCircuitFlapping",
+    "OtelresRetryStorm",
+    "OtelresRetryBudgetExhausted",
+    "OtelresLoadShedding",
+)
 
 
 def _files(directory: Path) -> dict[str, bytes]:
