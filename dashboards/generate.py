@@ -59,8 +59,12 @@ TRANSITIONS = names.PROMETHEUS[names.CIRCUIT_TRANSITIONS]
 CONNECTED = names.PROMETHEUS[names.SHARED_STATE_CONNECTED]
 FLEET_SIZE = names.PROMETHEUS[names.SHARED_STATE_PROCESSES]
 DISAGREEING = names.PROMETHEUS[names.SHARED_STATE_DISAGREEING]
+SERVER_LIMIT = names.PROMETHEUS[names.SERVER_LIMIT]
+SERVER_IN_FLIGHT = names.PROMETHEUS[names.SERVER_IN_FLIGHT]
+SERVER_SHED = names.PROMETHEUS[names.SERVER_SHED]
+SHED_REASON = label(names.ATTR_SHED_REASON)
 #: The series a process reports about itself, not about a breaker: they carry no breaker label.
-PROCESS_SERIES = (CONNECTED, FLEET_SIZE)
+PROCESS_SERIES = (CONNECTED, FLEET_SIZE, SERVER_LIMIT, SERVER_IN_FLIGHT, SERVER_SHED)
 
 RATE = "[$__rate_interval]"
 
@@ -371,6 +375,64 @@ def rejected_calls() -> timeseries.Panel:
     )
 
 
+def limit_row() -> dashboard_builder.Row:
+    """The row of the server middleware's concurrency limit (``ResilienceMiddleware(..., limit=...)``)."""
+    return dashboard_builder.Row("Server concurrency limit")
+
+
+def shedding_now() -> stat.Panel:
+    """Requests shed per second now, by every process of the job; 0, not "No data", when none is."""
+    expr = f"sum(rate({job_selector(SERVER_SHED)}{RATE})) or vector(0)"
+    return (
+        figure(
+            "Requests shed",
+            "Requests per second the server middleware answers with 503 because its concurrency limit "
+            "is taken (0 when none). A burst is the limit keeping the admitted requests fast; shedding "
+            "that lasts means the service or a dependency behind it lacks capacity.",
+            (None, "green"),
+            (0.001, "orange"),
+        )
+        .unit("reqps")
+        .decimals(1)
+        .with_target(query(expr, "shed", "A"))
+        .span(6)
+    )
+
+
+def limit_and_in_flight() -> timeseries.Panel:
+    """Per job, the concurrency limits of its processes (summed) and the requests in flight under them."""
+    limit = f"sum by (job) ({job_selector(SERVER_LIMIT)})"
+    in_flight = f"sum by (job) ({job_selector(SERVER_IN_FLIGHT)})"
+    return (
+        graph(
+            "Concurrency limit and requests in flight",
+            "Per job, the requests its processes' concurrency limits let in flight (summed: each process "
+            "has its own) and the requests in flight under them. An adaptive limit falls when the latency "
+            "it measures rises and grows back when it falls; in flight at the limit means requests are shed.",
+            "short",
+        )
+        .decimals(0)
+        .with_target(query(limit, "{{job}} limit", "A"))
+        .with_target(query(in_flight, "{{job}} in flight", "B"))
+        .span(9)
+    )
+
+
+def shed_by_reason() -> timeseries.Panel:
+    """Requests shed per second, by reason (limit, critical)."""
+    expr = f"sum by ({SHED_REASON}) (rate({job_selector(SERVER_SHED)}{RATE}))"
+    return (
+        graph(
+            "Shed requests by reason",
+            "Requests shed per second: limit, an ordinary request over the limit; critical, a request the "
+            "application marks critical that found the limit and the headroom above it taken.",
+            "reqps",
+        )
+        .with_target(query(expr, "{{" + SHED_REASON + "}}", "A"))
+        .span(9)
+    )
+
+
 def shared_state_row() -> dashboard_builder.Row:
     """The row of the shared breaker state panels (``OTELRES_SHARED_STATE``), expanded."""
     return dashboard_builder.Row("Shared breaker state")
@@ -486,6 +548,10 @@ def build() -> model.Dashboard:
         latency(),
         transitions(),
         rejected_calls(),
+        limit_row(),
+        shedding_now(),
+        limit_and_in_flight(),
+        shed_by_reason(),
         shared_state_row(),
         processes_connected(),
         processes_alone(),

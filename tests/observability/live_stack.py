@@ -85,13 +85,15 @@ SHARED_STATE_INTERVAL = "0.2"
 # open circuit; transitions (the flapping breaker keeps moving); DOWN's breaker, open for an
 # hour, stays open; and, with breaker state shared on Redis (start_workload), the shared-state
 # gauges: connected, the fleet's size and, per breaker the fleet knows (SHARED's: the other three
-# are private breakers, which stay out of the fleet), the processes disagreeing.
+# are private breakers, which stay out of the fleet), the processes disagreeing; and a server
+# middleware limited to one request in flight sheds the request made while one is in flight.
 WORKLOAD = f"""
 import sys
 import threading
 import time
 
 import otelres
+from otelres.wsgi import ResilienceMiddleware
 
 HEALTHY, FLAKY, DOWN, SHARED = {HEALTHY!r}, {FLAKY!r}, {DOWN!r}, {SHARED!r}
 
@@ -123,6 +125,27 @@ down_cached = otelres.Resilience(
 )
 # The registry's breaker for SHARED, configured from the settings: shared with the fleet on Redis.
 shared = otelres.Resilience(SHARED, retry=fast)
+
+
+def handler(environ, start_response):
+    if environ["PATH_INFO"] == "/outer":
+        # While this request holds the limit's only place, a second one comes in: it is shed.
+        seen = []
+        inner = limited(dict(REQUEST_METHOD="GET", PATH_INFO="/inner"), lambda s, h, e=None: seen.append(s))
+        getattr(inner, "close", lambda: None)()
+        assert seen[0].startswith("503"), seen
+    start_response("200 OK", [])
+    return [b"ok"]
+
+
+# A server middleware with a concurrency limit (its gauges and its shed counter).
+limited = ResilienceMiddleware(handler, limit=1)
+
+
+def serve_and_shed():
+    body = limited(dict(REQUEST_METHOD="GET", PATH_INFO="/outer"), lambda s, h, e=None: None)
+    b"".join(body)
+    body.close()
 
 
 def endpoint(*first):
@@ -174,6 +197,7 @@ def one_round(n):
     quietly(down, always_down)  # trips once (retry suppressed: circuit_open), then rejected
     down_cached.call(always_down)  # fallback
     shared.call(endpoint())  # success, on the breaker the fleet shares
+    serve_and_shed()  # one request served, one shed by the server middleware's limit
 
 
 stop = threading.Event()

@@ -31,6 +31,9 @@ BREAKER = names.ATTR_BREAKER.replace(".", "_")
 PROCESS_SERIES = {
     names.PROMETHEUS[names.SHARED_STATE_CONNECTED],
     names.PROMETHEUS[names.SHARED_STATE_PROCESSES],
+    names.PROMETHEUS[names.SERVER_LIMIT],
+    names.PROMETHEUS[names.SERVER_IN_FLIGHT],
+    names.PROMETHEUS[names.SERVER_SHED],
 }
 
 EXPECTED_PANELS = {
@@ -43,11 +46,17 @@ EXPECTED_PANELS = {
     "Call latency p50/p95/p99": "timeseries",
     "Transitions": "timeseries",
     "Rejected calls": "timeseries",
+    "Requests shed": "stat",
+    "Concurrency limit and requests in flight": "timeseries",
+    "Shed requests by reason": "timeseries",
     "Processes connected": "stat",
     "Processes deciding alone": "stat",
     "Fleet size": "stat",
     "Processes disagreeing with the fleet": "timeseries",
 }
+#: The row of the server's concurrency limit (above the shared state's; tests/observability/
+#: test_limit_dashboard.py checks what it holds).
+LIMIT_ROW = "Server concurrency limit"
 #: The row of the shared breaker state panels, and what it holds (below it, expanded).
 SHARED_STATE_ROW = "Shared breaker state"
 SHARED_STATE_PANELS = (
@@ -214,8 +223,8 @@ def test_queries_use_only_label_names_and_values_otelres_emits(board):
 def test_shared_state_panels_sit_in_their_row(board):
     """An expanded "Shared breaker state" row, below every other panel, with the fleet's panels under it."""
     rows = [panel for panel in board["panels"] if panel["type"] == "row"]
-    assert [row["title"] for row in rows] == [SHARED_STATE_ROW]
-    (row,) = rows
+    assert [row["title"] for row in rows] == [LIMIT_ROW, SHARED_STATE_ROW]
+    row = rows[-1]
     assert row["collapsed"] is False
     assert row["panels"] == []
     assert row["gridPos"]["w"] == 24
