@@ -19,6 +19,7 @@ without effect. The server middleware (:mod:`otelres.server._shedding`) drives t
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import weakref
@@ -120,7 +121,7 @@ class Limiter:
         self._in_flight = 0
         self._epoch = 0
         self._shed = dict.fromkeys(SHED_REASONS, 0)
-        self._watchers: tuple[Callable[[LimitChange], None], ...] = ()
+        self._watchers: tuple[Callable[[], Callable[[LimitChange], None] | None], ...] = ()
         self._lock = threading.Lock()
         _fork.renew(self, "_lock")
         LIVE.add(self)
@@ -196,8 +197,10 @@ class Limiter:
                 now = self._clock.monotonic()
                 changed = self._sample(now, now - permit._start, permit._in_flight)
         if changed is not None:
-            for watcher in self._watchers:
-                watcher(changed)
+            for ref in self._watchers:
+                watcher = ref()
+                if watcher is not None:
+                    watcher(changed)
 
     def _sample(self, now: float, rtt: float, in_flight: int) -> LimitChange | None:  # noqa: ARG002
         """A request that was admitted with ``in_flight`` in flight (itself included) took
@@ -209,9 +212,21 @@ class Limiter:
 def watch(limiter: Limiter, watcher: Callable[[LimitChange], None]) -> None:
     """Call ``watcher`` with each :class:`LimitChange` of ``limiter`` (on the thread that released
     the request ending the window, outside the lock; it must be quick and must not raise).
+
+    A bound method is held weakly: the middleware that watches its limiter and holds it makes no
+    reference cycle, so both go as soon as the middleware does (and the telemetry's gauges, which
+    read every live limiter, stop reading it then, not at the next cyclic collection).
     """
+    ref: Callable[[], Callable[[LimitChange], None] | None]
+    if inspect.ismethod(watcher):
+        ref = weakref.WeakMethod(watcher)
+    else:
+
+        def ref() -> Callable[[LimitChange], None]:
+            return watcher
+
     with limiter._lock:
-        limiter._watchers = (*limiter._watchers, watcher)
+        limiter._watchers = (*(w for w in limiter._watchers if w() is not None), ref)
 
 
 class FixedLimit(Limiter):

@@ -5,9 +5,10 @@ fork, and a hypothesis state machine checking every admission against the limit 
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -20,6 +21,19 @@ from otelres import AdaptiveLimit, ConfigError, FixedLimit
 from otelres._limit import LIVE, SHED_REASONS, LimitChange, Permit, watch
 from otelres.telemetry import names
 from otelres.testing import FakeClock
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_limiter_left() -> Iterator[None]:
+    """After this module, no limiter of its tests is alive: the gauges read every live limiter,
+    and the telemetry tests that run later count the instruments that report.
+    """
+    yield
+    gc.collect()
+    assert not list(LIVE), list(LIVE)
 
 
 def run(limiter: AdaptiveLimit, clock: FakeClock, *, rtt: float, concurrency: int, seconds: float) -> None:

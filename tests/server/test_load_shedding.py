@@ -24,6 +24,7 @@ from server_stubs import StubReadiness
 
 import otelres
 from otelres import AdaptiveLimit, ConfigError, FixedLimit, asgi, wsgi
+from otelres._limit import LIVE
 from otelres.server._shedding import Shedding
 from otelres.telemetry import names
 
@@ -35,6 +36,16 @@ if TYPE_CHECKING:
 CRITICAL = {"X-Critical": "1"}
 #: Chunks a streamed body yields at most (64 KiB each): it ends once its client is gone.
 CHUNKS = 2000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_limiter_left() -> Iterator[None]:
+    """After this module, no limiter of its tests is alive: the gauges read every live limiter,
+    and the telemetry tests that run later count the instruments that report.
+    """
+    yield
+    gc.collect()
+    assert not list(LIVE), list(LIVE)
 
 
 def wsgi_app(gate: Gate) -> Callable[..., Any]:
@@ -330,6 +341,20 @@ def test_bad_limit_options_are_config_errors(middleware: Any, options: dict[str,
     assert caught.value.key == key
 
 
+def test_a_middleware_dropped_takes_its_limiter_out_of_the_gauges_at_once() -> None:
+    """No reference cycle between a middleware's shedding and its limiter: gone together, at once."""
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(list(LIVE))
+        middleware = wsgi.ResilienceMiddleware(wsgi_app(Gate()), limit=AdaptiveLimit())
+        assert middleware.limiter in set(LIVE)
+        del middleware
+        assert len(list(LIVE)) == before
+    finally:
+        gc.enable()
+
+
 def test_no_limit_by_default() -> None:
     """Without limit=, nothing is limited and there is no limiter."""
     middleware = wsgi.ResilienceMiddleware(wsgi_app(Gate()))
@@ -389,7 +414,7 @@ def test_large_moves_of_an_adaptive_limit_are_logged_at_a_bounded_rate(
     interval; a fall is a warning, a rise information.
     """
     limiter = AdaptiveLimit(min_limit=5, initial_limit=40, clock=clock)
-    Shedding(limiter, log_interval=10.0)
+    shedding = Shedding(limiter, log_interval=10.0)
 
     def busy(rtt: float, seconds: float) -> None:
         end = clock.monotonic() + seconds
@@ -416,6 +441,7 @@ def test_large_moves_of_an_adaptive_limit_are_logged_at_a_bounded_rate(
     for earlier, later in itertools.pairwise(lines):
         assert later.from_limit == earlier.to_limit  # type: ignore[attr-defined]
     assert len(lines) <= 11  # 102 s of fake time: at most one line every 10 s
+    assert shedding.limiter is limiter
 
 
 def metrics_of(reader: Any) -> dict[str, list[Any]]:
