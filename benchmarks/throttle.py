@@ -112,7 +112,7 @@ def serve(port: int, service: float, slowdown: float) -> None:
 
         def do_GET(self) -> None:
             path = urlsplit(self.path)
-            if path.path == "/work":
+            if path.path == "/call":
                 self.answer(upstream.work())
             elif path.path == "/_stats":
                 with upstream.lock:
@@ -263,7 +263,7 @@ def client(
                 continue
             tally.sent[index] += 1
             try:
-                ok = http.get("/work").status_code == 200
+                ok = http.get("/call").status_code == 200
             except httpx.HTTPError:
                 ok = False
                 tally.errors += 1
