@@ -91,6 +91,9 @@ def _report(transition: Transition, breaker: CircuitBreaker | None = None) -> No
 #: The token :meth:`CircuitBreaker.acquire` returns for a rejected call.
 REJECTED = -1
 
+#: How long after an attempt's failure :meth:`CircuitBreaker.troubled` stays true.
+TROUBLE_SECONDS = 60.0
+
 #: Every breaker alive in the process (the state gauge reads them; no strong refs).
 LIVE: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 
@@ -173,6 +176,7 @@ class CircuitBreaker:
         "_ticks",
         "_ticks_taken",
         "_transitions",
+        "_troubled_until",
         "_window",
         "name",
         "policy",
@@ -213,6 +217,7 @@ class CircuitBreaker:
         self._ignored = 0
         self._rejected = 0
         self._transitions = 0
+        self._troubled_until = -math.inf
         # Shared state (otelres._fleet): the other processes' window (calls, failures,
         # slow), whether a half-open period needs the fleet's lease, until when (on
         # this breaker's clock) this process holds it, and whether a call was refused
@@ -253,6 +258,20 @@ class CircuitBreaker:
         if state is _FORCED_OPEN:
             return self.policy.open_seconds
         return 0.0
+
+    def troubled(self) -> bool:
+        """Whether the dependency is in trouble: the circuit is open or half-open, or an
+        attempt failed within the last :data:`TROUBLE_SECONDS`.
+
+        Telemetry reads it before a call: a call in trouble gets its call span up front
+        (its attempts are the span's children), a call in quiet times only once it has
+        something to say (see :class:`otelres.Listener`).
+        """
+        state = self._state
+        if state is _OPEN or state is _HALF_OPEN or state is _FORCED_OPEN:
+            return True
+        until = self._troubled_until
+        return until > -math.inf and self._clock.monotonic() < until
 
     def stats(self) -> BreakerStats:
         """A consistent snapshot of the counters."""
@@ -379,6 +398,7 @@ class CircuitBreaker:
                 self._ignored += 1
             elif failed:
                 self._failures += 1
+                self._troubled_until = now + TROUBLE_SECONDS
             else:
                 self._successes += 1
             if token != self._epoch:

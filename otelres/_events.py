@@ -130,17 +130,29 @@ class Listener:
     when it ends. While one is registered, every call takes the full decision
     flow; without one, a plain success reports nothing, which is what keeps
     otelres's cost near zero when nobody measures it.
+
+    A per-call listener with ``start_on_demand = True`` hears :meth:`start_call`
+    only for a call with something to say (one that is retried, rejected, falls
+    back or fails, and every call while its dependency is in trouble: see
+    :meth:`otelres.CircuitBreaker.troubled`), at the moment it first has, with
+    ``elapsed`` the seconds since the call began; :meth:`end_call` comes for every
+    call, with ``scope`` None when it never started. A plain success then costs it
+    one :meth:`end_call`, and the call keeps the fast path (otelres's own
+    telemetry works so: a call span only where there is something to show).
     """
 
     #: Whether this listener needs to hear about every call, not only events.
     per_call = False
+    #: Whether :meth:`start_call` may wait until the call has something to say.
+    start_on_demand = False
 
     def on_event(self, event: Event) -> None:
         """One event (every kind but ``call``, which comes through :meth:`end_call`)."""
 
-    def start_call(self, breaker: str) -> object:  # noqa: ARG002 - the interface
+    def start_call(self, breaker: str, elapsed: float = 0.0) -> object:  # noqa: ARG002 - the interface
         """A logical call begins (per-call listeners only); the return value comes
-        back as ``scope`` in :meth:`end_call` (a span, say).
+        back as ``scope`` in :meth:`end_call` (a span, say). ``elapsed``: the seconds
+        the call has run already (0 unless ``start_on_demand``).
         """
         return None
 
@@ -216,6 +228,7 @@ class _Legacy(Listener):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.per_call = listener.per_call
+        self.start_on_demand = listener.start_on_demand
 
     def on_event(self, event: Event) -> None:
         listener = self.listener
@@ -235,7 +248,7 @@ class _Legacy(Listener):
         elif kind == TRANSITION and event.transition is not None:
             listener.on_transition(event.transition)
 
-    def start_call(self, breaker: str) -> object:
+    def start_call(self, breaker: str, elapsed: float = 0.0) -> object:  # noqa: ARG002 - 0.1 had no elapsed
         return self.listener.on_call_start(breaker)
 
     def end_call(self, event: Event, scope: object) -> None:
@@ -253,6 +266,11 @@ def _legacy_methods(listener: Listener) -> list[str]:
 listeners: tuple[Listener, ...] = ()
 #: The registered listeners with ``per_call = True``.
 call_listeners: tuple[Listener, ...] = ()
+#: The per-call listeners that must hear :meth:`Listener.start_call` before every call
+#: (not ``start_on_demand``): while there is one, every call takes the full flow.
+eager_listeners: tuple[Listener, ...] = ()
+#: The per-call listeners with ``start_on_demand = True``.
+on_demand_listeners: tuple[Listener, ...] = ()
 _lock = threading.Lock()
 _fork.renew(sys.modules[__name__], "_lock")
 
@@ -267,7 +285,7 @@ def _registered(listener: Listener) -> Listener:
 
 def add_listener(listener: Listener) -> None:
     """Register ``listener`` (once; adding it again does nothing)."""
-    global listeners, call_listeners  # noqa: PLW0603 - swapped whole so readers never see a tuple mid-change
+    global listeners  # noqa: PLW0603 - swapped whole so readers never see a tuple mid-change
     legacy = _legacy_methods(listener)
     entry = listener
     if legacy and type(listener).on_event is Listener.on_event:
@@ -281,16 +299,24 @@ def add_listener(listener: Listener) -> None:
     with _lock:
         if _registered(listener) not in listeners:
             listeners = (*listeners, entry)
-            call_listeners = tuple(x for x in listeners if x.per_call)
+            _sort_call_listeners()
 
 
 def remove_listener(listener: Listener) -> None:
     """Unregister ``listener``; a listener not registered is ignored."""
-    global listeners, call_listeners  # noqa: PLW0603
+    global listeners  # noqa: PLW0603
     with _lock:
         registered = _registered(listener)
         listeners = tuple(x for x in listeners if x is not registered)
-        call_listeners = tuple(x for x in listeners if x.per_call)
+        _sort_call_listeners()
+
+
+def _sort_call_listeners() -> None:
+    """Derive the per-call tuples from :data:`listeners` (under ``_lock``)."""
+    global call_listeners, eager_listeners, on_demand_listeners  # noqa: PLW0603
+    on_demand_listeners = tuple(x for x in listeners if x.per_call and x.start_on_demand)
+    eager_listeners = tuple(x for x in listeners if x.per_call and not x.start_on_demand)
+    call_listeners = tuple(x for x in listeners if x.per_call)
 
 
 class _FailureLog:
@@ -346,23 +372,50 @@ def emit(event: Event) -> None:
 Scopes = list[tuple[Listener, object]]
 
 
-def start_call(breaker: str) -> Scopes:
-    """Tell every per-call listener that a call begins."""
-    scopes: Scopes = []
-    for listener in call_listeners:
+def start_call(
+    breaker: str, chosen: tuple[Listener, ...], elapsed: float = 0.0, scopes: Scopes | None = None
+) -> Scopes:
+    """Tell the ``chosen`` per-call listeners that a call begins (``elapsed`` s ago);
+    their scopes are appended to ``scopes`` (a new list when None), in the order of the starts.
+    """
+    if scopes is None:
+        scopes = []
+    for listener in chosen:
         try:
-            scopes.append((listener, listener.start_call(breaker)))
+            scopes.append(
+                (listener, listener.start_call(breaker, elapsed) if elapsed else listener.start_call(breaker))
+            )
         except Exception as exc:  # noqa: BLE001
             failures.failed(listener, "start_call", exc)
+            scopes.append((listener, None))
     return scopes
 
 
-def end_call(event: Event, scopes: Scopes) -> None:
-    """Tell the per-call listeners that heard the start that the call ended, in
-    reverse order of the starts (scopes nest like context managers).
+def end_call(event: Event, scopes: Scopes, unstarted: tuple[Listener, ...] = ()) -> None:
+    """Tell the per-call listeners that the call ended: those that heard the start in
+    reverse order of the starts (scopes nest like context managers), then the
+    ``unstarted`` on-demand ones, with scope None.
     """
     for listener, scope in reversed(scopes):
         try:
             listener.end_call(event, scope)
+        except Exception as exc:  # noqa: BLE001
+            failures.failed(listener, "end_call", exc)
+    for listener in unstarted:
+        try:
+            listener.end_call(event, None)
+        except Exception as exc:  # noqa: BLE001
+            failures.failed(listener, "end_call", exc)
+
+
+def plain_success(breaker: str, duration: float) -> None:
+    """A call that had nothing to say ended: one attempt, a success, no event. Only
+    on-demand listeners are registered (others take every call through the full flow),
+    and none started: each hears :meth:`Listener.end_call` with scope None.
+    """
+    event = Event(CALL, breaker, 1, 0.0, "", 0.0, "success", duration)
+    for listener in call_listeners:
+        try:
+            listener.end_call(event, None)
         except Exception as exc:  # noqa: BLE001
             failures.failed(listener, "end_call", exc)

@@ -263,6 +263,7 @@ class Flow:
         "_attempt_started",
         "_attempt_token",
         "_key",
+        "_pending",
         "_previous_delay",
         "_retry_slot",
         "_scopes",
@@ -287,6 +288,8 @@ class Flow:
         kwargs: dict[str, Any],
         no_retry: str | None = None,
         outer: Enclosing | None = None,
+        *,
+        resumed: bool = False,
     ) -> None:
         # Only what the success path needs is set here; the rest is set when a
         # retry is first considered (this constructor is on every call's path).
@@ -306,7 +309,18 @@ class Flow:
         self._key: Hashable | None = None
         self.error: BaseException | None = None
         self._attempt_token: contextvars.Token[int] | None = None
-        self._scopes = _events.start_call(guard.name) if _events.call_listeners else None
+        # Per-call listeners: the eager ones hear the start now; the on-demand ones when
+        # the call first has something to say (see _speak), or now while the dependency
+        # is in trouble, unless a driver ran the first attempt already (``resumed``).
+        self._scopes: _events.Scopes | None = None
+        self._pending: tuple[_events.Listener, ...] = ()
+        if _events.call_listeners:
+            eager = _events.eager_listeners
+            pending = _events.on_demand_listeners
+            if pending and not resumed and guard.breaker.troubled():
+                eager, pending = _events.call_listeners, ()
+            self._scopes = _events.start_call(guard.name, eager) if eager else []
+            self._pending = pending
         guard.in_flight.append(None)  # the budget's calls in flight (atomic)
 
     # -- the steps -------------------------------------------------------------
@@ -323,14 +337,7 @@ class Flow:
         guard = self.guard
         token = guard.acquire()
         if token == REJECTED:
-            if self._retry_slot:
-                self._end_retry()
-            error = guard.rejected()
-            self.outcome = "rejected"  # stays so if the fallback raises
-            self.error = error
-            if guard.fallback is None or not self._fall_back(error):
-                self.rejection = error
-            return False
+            return self.refuse()
         self._token = token
         self._admitted = True
         now = self._attempt_started = guard.now()
@@ -345,6 +352,22 @@ class Flow:
             if self._attempt_token is None:
                 self._attempt_token = reset
         return True
+
+    def refuse(self) -> bool:
+        """The breaker refused the next attempt: as :meth:`admit` saying False (a
+        driver that asked the breaker itself hands a refusal over here).
+        """
+        guard = self.guard
+        if self._retry_slot:
+            self._end_retry()
+        if self._pending:
+            self._speak()
+        error = guard.rejected()
+        self.outcome = "rejected"  # stays so if the fallback raises
+        self.error = error
+        if guard.fallback is None or not self._fall_back(error):
+            self.rejection = error
+        return False
 
     def end(self) -> Any:
         """After :meth:`admit` said False: raise the rejection, or return the fallback."""
@@ -374,6 +397,8 @@ class Flow:
             )
         finally:
             self._end_retry()
+        if failed and self._pending:
+            self._speak()
         if guard.retry.should_retry(exc):
             delay = self._retry_delay(exc, None)
             if delay is not None:
@@ -435,6 +460,8 @@ class Flow:
         except IndexError:  # begun before a fork, ended in the child (otelres._budget)
             pass
         if self._scopes is not None:
+            if self._pending and (self.outcome != "success" or self.attempts > 1):
+                self._speak()  # a failure, or a success after retries: worth a span
             started = self.started
             duration = guard.now() - started if started >= 0 else 0.0
             event = _events.Event(
@@ -445,7 +472,17 @@ class Flow:
                 duration=duration,
                 error=self.error,
             )
-            _events.end_call(event, self._scopes)
+            _events.end_call(event, self._scopes, self._pending)
+
+    def _speak(self) -> None:
+        """The call has something to say: the on-demand per-call listeners hear its start
+        now (a call span begins, back-dated to the call's start, and is current for the
+        attempts that follow).
+        """
+        pending, self._pending = self._pending, ()
+        started = self.started
+        elapsed = self.guard.now() - started if started >= 0 else 0.0
+        _events.start_call(self.guard.name, pending, elapsed, self._scopes)
 
     # -- decisions ----------------------------------------------------------------
 
@@ -458,6 +495,8 @@ class Flow:
         cap = testing_state.attempts
         if cap is not None and cap < attempts:
             attempts = cap
+        if self._pending:
+            self._speak()  # a retry, or a retry due and not made, is something to say
         if self.attempts >= attempts:
             if attempts > 1 and _events.listeners:
                 reason = policy.reason(exc, result)
@@ -592,6 +631,8 @@ class Flow:
         value = fallback.resolve(self._cache_key(), error, guard.now())
         if value is MISSING:
             return False
+        if self._pending:
+            self._speak()
         self.value = value
         self.outcome = "fallback"
         self.error = None

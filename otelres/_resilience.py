@@ -133,34 +133,41 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
     outer = ENCLOSING.get()
     if outer is not None and outer.breaker is guard.breaker:
         return _ride(guard, outer, fn, args, kwargs, no_retry)
-    if guard.fast and not _events.call_listeners:
-        # The first admission, without a Flow.
+    listening = _events.call_listeners
+    if guard.fast and (not listening or (not _events.eager_listeners and not guard.breaker.troubled())):
+        # The first admission, without a Flow. Per-call listeners that start on demand
+        # hear a plain success at its end; a call with more to say gets its Flow.
         token = guard.acquire()
-        if token == REJECTED:
+        if token != REJECTED:
+            started = guard.now()
+            in_flight = guard.in_flight
+            in_flight.append(None)
+            entered = ENCLOSING.set(guard)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
+                first: BaseException | None = exc
+            else:
+                first = None
+            finally:
+                # A call through the same breaker inside this attempt may have judged it a failure.
+                inner_failed = ENCLOSING.get() is not guard
+                ENCLOSING.reset(entered)
+                try:  # noqa: SIM105 - a try is free on 3.11+, suppress() is a call
+                    in_flight.pop()
+                except IndexError:  # begun before a fork, ended in the child (otelres._budget)
+                    pass
+            if first is None:
+                guard.record(token, inner_failed, started)
+                if listening:
+                    _events.plain_success(guard.name, guard.now() - started)
+                return result
+            step: object = _RESUME
+        elif not listening:
             raise guard.rejected()
-        started = guard.now()
-        in_flight = guard.in_flight
-        in_flight.append(None)
-        entered = ENCLOSING.set(guard)
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-            first: BaseException | None = exc
         else:
-            first = None
-        finally:
-            # A call through the same breaker inside this attempt may have judged it a failure.
-            inner_failed = ENCLOSING.get() is not guard
-            ENCLOSING.reset(entered)
-            try:  # noqa: SIM105 - a try is free on 3.11+, suppress() is a call
-                in_flight.pop()
-            except IndexError:  # begun before a fork, ended in the child (otelres._budget)
-                pass
-        if first is None:
-            guard.record(token, inner_failed, started)
-            return result
-        flow = Flow(guard, args, kwargs, no_retry, outer)
-        step: object = _RESUME
+            step = _REFUSED
+        flow = Flow(guard, args, kwargs, no_retry, outer, resumed=True)
     elif not guard.enabled:
         return fn(*args, **kwargs)
     else:
@@ -169,6 +176,9 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
     try:
         if step is _RESUME:
             step = flow.resume(token, started, first, inner_failed)  # type: ignore[arg-type] # set with it
+        elif step is _REFUSED:
+            flow.refuse()
+            return flow.end()  # type: ignore[no-any-return] # raises the rejection (a fast guard has no fallback)
         while True:
             if step is None:
                 if not flow.admit():
@@ -208,34 +218,41 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
     outer = ENCLOSING.get()
     if outer is not None and outer.breaker is guard.breaker:
         return await _aride(guard, outer, fn, args, kwargs, no_retry)
-    if guard.fast and not _events.call_listeners:
-        # The first admission, without a Flow.
+    listening = _events.call_listeners
+    if guard.fast and (not listening or (not _events.eager_listeners and not guard.breaker.troubled())):
+        # The first admission, without a Flow. Per-call listeners that start on demand
+        # hear a plain success at its end; a call with more to say gets its Flow.
         token = guard.acquire()
-        if token == REJECTED:
+        if token != REJECTED:
+            started = guard.now()
+            in_flight = guard.in_flight
+            in_flight.append(None)
+            entered = ENCLOSING.set(guard)
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
+                first: BaseException | None = exc
+            else:
+                first = None
+            finally:
+                # A call through the same breaker inside this attempt may have judged it a failure.
+                inner_failed = ENCLOSING.get() is not guard
+                ENCLOSING.reset(entered)
+                try:  # noqa: SIM105 - a try is free on 3.11+, suppress() is a call
+                    in_flight.pop()
+                except IndexError:  # begun before a fork, ended in the child (otelres._budget)
+                    pass
+            if first is None:
+                guard.record(token, inner_failed, started)
+                if listening:
+                    _events.plain_success(guard.name, guard.now() - started)
+                return result
+            step: object = _RESUME
+        elif not listening:
             raise guard.rejected()
-        started = guard.now()
-        in_flight = guard.in_flight
-        in_flight.append(None)
-        entered = ENCLOSING.set(guard)
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-            first: BaseException | None = exc
         else:
-            first = None
-        finally:
-            # A call through the same breaker inside this attempt may have judged it a failure.
-            inner_failed = ENCLOSING.get() is not guard
-            ENCLOSING.reset(entered)
-            try:  # noqa: SIM105 - a try is free on 3.11+, suppress() is a call
-                in_flight.pop()
-            except IndexError:  # begun before a fork, ended in the child (otelres._budget)
-                pass
-        if first is None:
-            guard.record(token, inner_failed, started)
-            return result
-        flow = Flow(guard, args, kwargs, no_retry, outer)
-        step: object = _RESUME
+            step = _REFUSED
+        flow = Flow(guard, args, kwargs, no_retry, outer, resumed=True)
     elif not guard.enabled:
         return await fn(*args, **kwargs)
     else:
@@ -244,6 +261,9 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
     try:
         if step is _RESUME:
             step = flow.resume(token, started, first, inner_failed)  # type: ignore[arg-type] # set with it
+        elif step is _REFUSED:
+            flow.refuse()
+            return flow.end()  # type: ignore[no-any-return] # raises the rejection (a fast guard has no fallback)
         while True:
             if step is None:
                 if not flow.admit():
@@ -274,6 +294,9 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
 
 #: The loop's first step after the unrolled first attempt failed: hand it to the Flow.
 _RESUME: Final = object()
+#: The loop's first step after the unrolled first admission was refused, with per-call
+#: listeners to tell: the Flow reports the rejected call.
+_REFUSED: Final = object()
 
 
 class Resilience:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,15 @@ from ._registry import default_registry
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["CapturedEvents", "Event", "FakeClock", "capture_events", "forced_state", "testing_mode"]
+__all__ = [
+    "CapturedEvents",
+    "Event",
+    "FakeClock",
+    "capture_events",
+    "forced_state",
+    "in_trouble",
+    "testing_mode",
+]
 
 
 class FakeClock:
@@ -99,6 +108,22 @@ def forced_state(breaker: CircuitBreaker | str, state: State | str) -> Iterator[
         yield target
     finally:
         target.transition_to(State.OPEN if before is State.HALF_OPEN else before)
+
+
+@contextlib.contextmanager
+def in_trouble(breaker: CircuitBreaker | str) -> Iterator[CircuitBreaker]:
+    """Treat a breaker's dependency (or the registered breaker of that name) as in trouble
+    for the block (:meth:`~otelres.CircuitBreaker.troubled`), without touching its state or
+    counts: every call through it then gets its call span up front, so a test can assert
+    the span picture of a retried call with every attempt a child of the call span.
+    """
+    target = breaker if isinstance(breaker, CircuitBreaker) else default_registry().get(breaker)
+    before = target._troubled_until  # the breaker's own test hook
+    target._troubled_until = math.inf
+    try:
+        yield target
+    finally:
+        target._troubled_until = before
 
 
 # Its name starts with "test": keep pytest from collecting it where it is imported.

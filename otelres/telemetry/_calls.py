@@ -1,8 +1,16 @@
-"""Spans and metrics for every logical call: a per-call listener.
+"""Spans and metrics for every logical call: a per-call listener that starts on demand.
 
-One INTERNAL span per call, current while its attempts run (so the attempts'
-CLIENT spans are its children), carrying the retry, transition and rejection
-events; status ERROR with the exception recorded once when the call fails.
+A call with something to say gets one INTERNAL span, current while its attempts
+run (so the attempts' CLIENT spans are its children), carrying the retry,
+transition and rejection events; status ERROR with the exception recorded once
+when the call fails. A plain call (one attempt, a success, while its dependency
+is not in trouble) gets none: its trace is OpenTelemetry's CLIENT span alone,
+and its cost here is one count and one duration. The span of a call that first
+has something to say after its first attempt (a retry in quiet times) starts
+then, back-dated to the call's start: that first attempt is its sibling; while
+the dependency is in trouble (:meth:`otelres.CircuitBreaker.troubled`) every call
+gets its span up front. Under a parent that is not sampled no span is made.
+
 Metrics follow the README's telemetry reference. Counts that the semantics allow are kept
 locally and reported by observable instruments at collection time; what must be
 a distribution (durations, delays) is recorded, with attribute sets built once
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from opentelemetry import context as otel_context
@@ -148,6 +157,7 @@ class CallTelemetry(Listener):
     """
 
     per_call = True
+    start_on_demand = True
 
     def __init__(self) -> None:
         self._tracer: trace.Tracer | None = None
@@ -165,13 +175,21 @@ class CallTelemetry(Listener):
 
     # -- the call ---------------------------------------------------------------------------------
 
-    def start_call(self, breaker: str) -> object:
-        """Start the call's span and make it current (None when tracing is off or suppressed)."""
+    def start_call(self, breaker: str, elapsed: float = 0.0) -> object:
+        """Start the call's span, back-dated by ``elapsed`` seconds, and make it current
+        (None when tracing is off or suppressed, or under a parent that is not sampled).
+        """
         tracer = self._tracer
         if tracer is None or not is_instrumentation_enabled():
             return None
+        parent = trace.get_current_span().get_span_context()
+        if parent.is_valid and not parent.trace_flags.sampled:
+            return None  # a child of an unsampled parent is not recorded: no span work at all
         span = tracer.start_span(
-            f"otelres {breaker}", kind=SpanKind.INTERNAL, attributes={names.ATTR_BREAKER: breaker}
+            f"otelres {breaker}",
+            kind=SpanKind.INTERNAL,
+            attributes={names.ATTR_BREAKER: breaker},
+            start_time=time.time_ns() - int(elapsed * 1e9) if elapsed > 0 else None,
         )
         token = otel_context.attach(trace.set_span_in_context(span))
         return span, token
@@ -260,6 +278,7 @@ class CallTelemetry(Listener):
         _span_event(
             names.EVENT_CIRCUIT_TRANSITION,
             {
+                names.ATTR_BREAKER: transition.breaker,
                 names.ATTR_FROM_STATE: from_state,
                 names.ATTR_TO_STATE: to_state,
                 names.ATTR_FAILURE_RATE: transition.failure_rate,

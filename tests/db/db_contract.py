@@ -30,7 +30,7 @@ import otelres
 import otelres.telemetry
 from otelres import State
 from otelres._registry import Registry, set_default_registry
-from otelres.testing import FakeClock, capture_events, forced_state
+from otelres.testing import FakeClock, capture_events, forced_state, in_trouble
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
@@ -448,11 +448,18 @@ class DbContract(abc.ABC):
     def test_statement_client_span_sits_under_the_call_span(
         self, pg: Pg, client_spans: Callable[[str], InMemorySpanExporter], order: str
     ) -> None:
-        """Each statement: one otelres call span with one CLIENT child; a rejected one: no CLIENT span."""
+        """A plain statement: OpenTelemetry's CLIENT span alone. In trouble, each statement: one otelres
+        call span with one CLIENT child; a rejected one: no CLIENT span."""
         exporter = client_spans(order)
         conn = self.connect(pg.dsn())
         exporter.clear()
         assert self.fetchval(conn, "SELECT 41 + 1") == 42
+        calls, clients = self.spans_of(exporter)
+        assert (calls, len(clients)) == ([], 1)
+
+        exporter.clear()
+        with in_trouble(pg.name):
+            assert self.fetchval(conn, "SELECT 41 + 1") == 42
         calls, clients = self.spans_of(exporter)
         assert [c.name for c in calls] == [f"otelres {pg.name}"]
         assert len(clients) == 1

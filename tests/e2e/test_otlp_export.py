@@ -243,8 +243,11 @@ def test_resource_carries_the_service_name(exported: Exported) -> None:
 
 
 def test_call_span_is_the_parent_of_its_attempts(exported: Exported) -> None:
-    """The INTERNAL call span is the parent of each CLIENT attempt span, in one trace."""
-    for outcome, attempts in (("success", 2), ("failure", 3)):
+    """The INTERNAL call span is the parent of the CLIENT attempt spans, in one trace. The first
+    call (the dependency quiet until then) gets its span when the retry is decided: its first
+    attempt is a root of its own; the next call (the dependency in trouble) has its span up front,
+    parent of every attempt."""
+    for outcome, attempts, first_child in (("success", 2, 2), ("failure", 3, 1)):
         call = exported.call_span(API, outcome)
         assert call.kind == "INTERNAL"
         assert call.scope == names.METER_NAME
@@ -253,9 +256,11 @@ def test_call_span_is_the_parent_of_its_attempts(exported: Exported) -> None:
         assert call.attributes[names.ATTR_ATTEMPTS] == attempts
         children = exported.children(call)
         assert [(c.kind, c.scope, c.attributes["app.attempt"]) for c in children] == [
-            ("CLIENT", "app", n) for n in range(1, attempts + 1)
+            ("CLIENT", "app", n) for n in range(first_child, attempts + 1)
         ]
         assert {c.trace_id for c in children} == {call.trace_id}
+    # Every attempt span arrived: 2 for the first call, 3 for the second, 2 + 0 for the flaky ones.
+    assert len([s for s in exported.receiver.spans if s.kind == "CLIENT"]) == 7
     # Two logical calls are two traces.
     assert exported.call_span(API, "success").trace_id != exported.call_span(API, "failure").trace_id
 
@@ -301,7 +306,9 @@ def test_transition_and_rejection_events(exported: Exported) -> None:
     assert transitions[0][names.ATTR_FROM_STATE] == "closed"
     assert transitions[0][names.ATTR_TO_STATE] == "open"
     assert isinstance(transitions[0][names.ATTR_FAILURE_RATE], float)
-    assert len(exported.children(tripped)) == 2  # the retry after the trip was not made
+    # Its first attempt came before the span (the dependency was quiet); the retry after the
+    # trip was not made.
+    assert [c.attributes["app.attempt"] for c in exported.children(tripped)] == [2]
     assert tripped.status_code == "ERROR"
 
     rejected = exported.call_span(FLAKY, "rejected")

@@ -23,7 +23,7 @@ from rejection_support import check_rejection
 
 import otelres
 import otelres.telemetry
-from otelres.testing import capture_events
+from otelres.testing import capture_events, in_trouble
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -572,10 +572,12 @@ class HttpClientContract(abc.ABC):
     def test_attempts_are_client_spans_under_one_call_span(
         self, server: FlakyServer, client_spans: Callable[[str], InMemorySpanExporter], order: str
     ) -> None:
-        """A call retried twice: one INTERNAL call span, three CLIENT children, resend_count 1 and 2."""
+        """A call retried twice, the destination in trouble: one INTERNAL call span, three CLIENT
+        children, resend_count 1 and 2."""
         exporter = client_spans(order)
         server.script(503, 503, 200)
-        assert self.get(server.url).status == 200
+        with in_trouble(server.breaker):
+            assert self.get(server.url).status == 200
         call, clients = self.call_and_attempts(exporter, server.breaker)
         assert len(clients) == 3
         for client in clients:
@@ -585,6 +587,32 @@ class HttpClientContract(abc.ABC):
         assert [(c.attributes or {}).get(RESEND_COUNT) for c in clients] == [None, 1, 2]
         assert [e.name for e in call.events] == ["otelres.retry", "otelres.retry"]
         assert call.status.status_code is not StatusCode.ERROR
+
+    def test_a_plain_success_is_one_client_span(
+        self, server: FlakyServer, client_spans: Callable[[str], InMemorySpanExporter]
+    ) -> None:
+        """A call that succeeds at once exports OpenTelemetry's CLIENT span and nothing else."""
+        exporter = client_spans("opentelemetry_first")
+        server.script(200)
+        assert self.get(server.url).status == 200
+        assert [s.kind for s in exporter.get_finished_spans()] == [SpanKind.CLIENT]
+
+    def test_the_first_retry_after_quiet_times_starts_the_call_span(
+        self, server: FlakyServer, client_spans: Callable[[str], InMemorySpanExporter]
+    ) -> None:
+        """The destination quiet until now: its first attempt's CLIENT span is the call span's
+        sibling (it ended before the retry was decided); the retries are the call span's children."""
+        exporter = client_spans("opentelemetry_first")
+        server.script(503, 200)
+        assert self.get(server.url).status == 200
+        call, (first, second) = self.call_and_attempts(exporter, server.breaker)
+        assert first.parent is None
+        assert call.parent is None
+        assert second.parent is not None
+        assert second.parent.span_id == call.context.span_id
+        assert call.start_time is not None
+        assert first.start_time is not None
+        assert call.start_time <= first.start_time + 1_000_000  # back-dated to the call's start (1 ms slack)
 
     def test_exhausted_call_span_has_status_error(
         self, server: FlakyServer, client_spans: Callable[[str], InMemorySpanExporter]

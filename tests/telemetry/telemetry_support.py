@@ -158,6 +158,17 @@ def attempt_call(mode: str, res: otelres.Resilience, fn: Callable[..., Any]) -> 
     return None
 
 
+def in_trouble(res: otelres.Resilience) -> otelres.Resilience:
+    """Record one failed attempt on ``res``'s breaker (not enough to trip it): its dependency is
+    then in trouble (``CircuitBreaker.troubled()``), and every call gets its call span up front.
+    """
+    breaker = res.breaker
+    breaker.on_failure(breaker.acquire(), breaker.clock.monotonic())
+    assert breaker.troubled()
+    assert breaker.stats().state is otelres.State.CLOSED
+    return res
+
+
 def resilience(name: str = NAME, **options: Any) -> otelres.Resilience:
     """A Resilience with its own breaker on a fake clock and no jitter (so delays are 0.1, 0.2, …)."""
     options.setdefault("clock", FakeClock())

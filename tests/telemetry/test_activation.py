@@ -7,7 +7,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from telemetry_support import Script, resilience, run
+from telemetry_support import Script, in_trouble, resilience, run
 
 import otelres
 import otelres._resilience
@@ -122,7 +122,7 @@ def test_enable_again_after_disable_reports_again(fresh_providers: Callable[[], 
     otelres.telemetry.enable(tracer_provider=first.tracer_provider)
     otelres.telemetry.disable()
     otelres.telemetry.enable(tracer_provider=second.tracer_provider)
-    run(mode, resilience(), Script("ok"))
+    run(mode, resilience(), Script(ConnectionError, "ok"))
     assert first.spans() == []
     assert len(second.call_spans()) == 1
 
@@ -132,7 +132,7 @@ def test_enable_with_new_providers_uses_them(fresh_providers: Callable[[], Otel]
     first, second = fresh_providers(), fresh_providers()
     otelres.telemetry.enable(tracer_provider=first.tracer_provider)
     otelres.telemetry.enable(tracer_provider=second.tracer_provider)
-    resilience().call(Script("ok"))
+    resilience().call(Script(ConnectionError, "ok"))
     assert (len(first.spans()), len(second.spans())) == (0, 1)
     assert len(_events.call_listeners) == 1
 
@@ -143,7 +143,7 @@ def test_enable_with_the_other_provider_keeps_the_first(fresh_providers: Callabl
     otelres.telemetry.enable(tracer_provider=otel.tracer_provider)
     otelres.telemetry.enable(meter_provider=otel.meter_provider)
     assert otelres.telemetry.active() == {"logs": True, "traces": True, "metrics": True}
-    resilience().call(Script("ok"))
+    resilience().call(Script(ConnectionError, "ok"))
     assert len(otel.call_spans()) == 1
     assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"success": 1}
     assert len(_events.call_listeners) == 1
@@ -205,10 +205,23 @@ def test_decorated_success_without_sdk_builds_no_flow(flows: Flows) -> None:
     assert flows.built == 0
 
 
-def test_success_with_sdk_builds_a_flow(otel: Otel, flows: Flows, mode: str) -> None:
-    """With real providers every call goes through the flow (that is what makes its span)."""
+def test_success_with_sdk_builds_no_flow(otel: Otel, flows: Flows, mode: str) -> None:
+    """With real providers a plain success keeps the fast path: no Flow, no call span; it is
+    counted and its duration recorded all the same."""
     res = resilience()
+    for _ in range(3):
+        run(mode, res, Script("ok"))
+    assert flows.built == 0
+    assert otel.call_spans() == []
+    assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"success": 3}
+    assert otel.values(names.CALL_DURATION, names.ATTR_OUTCOME)["success"][0] == 3
+
+
+def test_success_in_trouble_builds_a_flow(otel: Otel, flows: Flows, mode: str) -> None:
+    """While the dependency is in trouble every call goes through the flow, with its span up front."""
+    res = in_trouble(resilience())
     for _ in range(3):
         run(mode, res, Script("ok"))
     assert flows.built == 3
     assert len(otel.call_spans()) == 3
+    assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"success": 3}

@@ -1,5 +1,7 @@
-"""The call span: one INTERNAL span per logical call, parent of the attempts' CLIENT spans, with
-the retry, transition and rejection events, its status and its outcome — for call() and acall()."""
+"""The call span: one INTERNAL span per logical call with something to say (retried, rejected,
+fallen back, failed, or made while its dependency is in trouble), parent of the attempts' CLIENT
+spans, with the retry, transition and rejection events, its status and its outcome — for call()
+and acall(). A plain success makes none."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind, StatusCode
-from telemetry_support import NAME, NO_JITTER, Script, event_names, events, resilience, run
+from telemetry_support import NAME, NO_JITTER, Script, event_names, events, in_trouble, resilience, run
 
 import otelres
 from otelres.telemetry import names
@@ -31,9 +33,23 @@ def assert_child_of(child: ReadableSpan, parent: ReadableSpan) -> None:
     assert child.context.trace_id == parent.context.trace_id
 
 
-def test_one_internal_span_per_call(otel: Otel, mode: str) -> None:
-    """A plain success makes one INTERNAL root span `otelres <breaker>` with breaker, outcome, attempts."""
+def test_a_plain_success_makes_no_span(otel: Otel, mode: str) -> None:
+    """A plain success (one attempt, no event, dependency not in trouble) makes no call span: its
+    attempt's CLIENT span is the whole trace; it is counted and its duration recorded."""
     res = resilience()
+    dep = Script("ok", tracer=otel.tracer)
+    assert run(mode, res, dep) == "ok"
+    assert run(mode, res, dep) == "ok"
+    assert otel.call_spans() == []
+    assert [s.kind for s in otel.spans()] == [SpanKind.CLIENT, SpanKind.CLIENT]
+    assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"success": 2}
+    assert otel.values(names.CALL_DURATION, names.ATTR_OUTCOME)["success"][0] == 2
+
+
+def test_one_internal_span_per_call_in_trouble(otel: Otel, mode: str) -> None:
+    """While the dependency is in trouble, a success makes one INTERNAL root span `otelres <breaker>`
+    with breaker, outcome, attempts, and no event."""
+    res = in_trouble(resilience())
     assert run(mode, res, Script("ok")) == "ok"
     assert run(mode, res, Script("ok")) == "ok"
     spans = otel.call_spans()
@@ -52,9 +68,21 @@ def test_one_internal_span_per_call(otel: Otel, mode: str) -> None:
     assert spans[0].context.trace_id != spans[1].context.trace_id
 
 
+def test_trouble_ends_after_a_quiet_minute(otel: Otel, mode: str) -> None:
+    """A minute after the last failed attempt the dependency is quiet again: no span for a success."""
+    clock = FakeClock()
+    res = in_trouble(resilience(clock=clock))
+    clock.advance(59.0)
+    assert res.breaker.troubled()
+    clock.advance(1.0)
+    assert not res.breaker.troubled()
+    assert run(mode, res, Script("ok")) == "ok"
+    assert otel.call_spans() == []
+
+
 def test_the_instrumentation_scope_is_otelres_at_its_version(otel: Otel, mode: str) -> None:
     """Spans and metrics come from the scope `otelres` at otelres.__version__ (one place for the version)."""
-    assert run(mode, resilience(), Script("ok")) == "ok"
+    assert run(mode, resilience(), Script(ConnectionError, "ok")) == "ok"
     scope = otel.the_call_span().instrumentation_scope
     assert (scope.name, scope.version) == (names.METER_NAME, otelres.__version__)
     data = otel.reader.get_metrics_data()
@@ -64,8 +92,9 @@ def test_the_instrumentation_scope_is_otelres_at_its_version(otel: Otel, mode: s
 
 
 def test_attempt_spans_are_children_with_retry_events(otel: Otel, mode: str) -> None:
-    """Each attempt's CLIENT span is a child of the call span, which carries one otelres.retry per retry."""
-    res = resilience()
+    """In trouble, each attempt's CLIENT span is a child of the call span, which carries one
+    otelres.retry per retry."""
+    res = in_trouble(resilience())
     dep = Script(ConnectionError, TimeoutError, "ok", tracer=otel.tracer)
     assert run(mode, res, dep) == "ok"
     call = otel.the_call_span()
@@ -84,9 +113,43 @@ def test_attempt_spans_are_children_with_retry_events(otel: Otel, mode: str) -> 
     assert call.attributes[names.ATTR_ATTEMPTS] == 3
 
 
+def test_in_quiet_times_the_first_attempt_is_the_call_spans_sibling(otel: Otel, mode: str) -> None:
+    """The first retry after a quiet spell: the first attempt's CLIENT span ended before anyone
+    could know the call would be retried, under the caller's span; the call span starts when the
+    retry is decided, back-dated to the call's start, under the same parent, and the attempts from
+    then on are its children."""
+    clock = FakeClock()
+
+    class Slow(Script):
+        def _outcome(self) -> Any:
+            clock.advance(0.25)  # each attempt takes a quarter of a second (on the breaker's clock)
+            return super()._outcome()
+
+    res = resilience(clock=clock)
+    dep = Slow(ConnectionError, TimeoutError, "ok", tracer=otel.tracer)
+    with otel.tracer.start_as_current_span("handler") as handler:
+        assert run(mode, res, dep) == "ok"
+    call = otel.the_call_span()
+    first, *later = sorted(
+        (s for s in otel.spans() if s.kind is SpanKind.CLIENT), key=lambda s: s.start_time or 0
+    )
+    assert first.parent is not None
+    assert call.parent is not None
+    assert first.parent.span_id == call.parent.span_id == handler.get_span_context().span_id
+    assert len(later) == 2
+    for client in later:
+        assert_child_of(client, call)
+    # Back-dated by the first attempt's 0.25 s: it starts no later than that attempt did.
+    assert call.start_time is not None
+    assert first.start_time is not None
+    assert call.start_time <= first.start_time
+    assert call.attributes[names.ATTR_ATTEMPTS] == 3
+    assert len(events(call, names.EVENT_RETRY)) == 2
+
+
 def test_the_call_span_ends_after_its_attempts(otel: Otel, mode: str) -> None:
     """The call span starts before its first attempt's span and ends after its last one."""
-    res = resilience()
+    res = in_trouble(resilience())
     assert run(mode, res, Script(ConnectionError, "ok", tracer=otel.tracer)) == "ok"
     call = otel.the_call_span()
     clients = [s for s in otel.spans() if s.kind is SpanKind.CLIENT]
@@ -160,7 +223,12 @@ def test_transition_event_on_the_call_that_tripped(otel: Otel, mode: str) -> Non
     call = otel.the_call_span()
     assert event_names(call) == [names.EVENT_RETRY, names.EVENT_CIRCUIT_TRANSITION, "exception"]
     assert events(call, names.EVENT_CIRCUIT_TRANSITION) == [
-        {names.ATTR_FROM_STATE: "closed", names.ATTR_TO_STATE: "open", names.ATTR_FAILURE_RATE: 1.0}
+        {
+            names.ATTR_BREAKER: NAME,
+            names.ATTR_FROM_STATE: "closed",
+            names.ATTR_TO_STATE: "open",
+            names.ATTR_FAILURE_RATE: 1.0,
+        }
     ]
     assert call.attributes[names.ATTR_ATTEMPTS] == 2
     assert call.status.status_code is StatusCode.ERROR
@@ -228,6 +296,7 @@ def test_manual_transition_goes_to_the_span_that_caused_it(otel: Otel) -> None:
         (
             names.EVENT_CIRCUIT_TRANSITION,
             {
+                names.ATTR_BREAKER: NAME,
                 names.ATTR_FROM_STATE: "forced_open",
                 names.ATTR_TO_STATE: "closed",
                 names.ATTR_FAILURE_RATE: 0.0,
@@ -262,7 +331,10 @@ def test_span_is_not_current_after_the_call(otel: Otel, mode: str, outcome: str)
         before, after = asyncio.run(scenario())
     assert after == before
     assert trace.get_current_span() is trace.INVALID_SPAN
-    assert otel.the_call_span().attributes[names.ATTR_OUTCOME] == outcome
+    if outcome == "success":
+        assert otel.call_spans() == []  # a plain success: no span at all
+    else:
+        assert otel.the_call_span().attributes[names.ATTR_OUTCOME] == outcome
 
 
 def test_span_is_not_current_after_keyboard_interrupt(otel: Otel) -> None:
@@ -331,9 +403,10 @@ def test_span_is_not_current_after_cancellation(otel: Otel, where: str) -> None:
 
 def test_nested_calls_make_nested_spans(otel: Otel, mode: str) -> None:
     """A call through breaker A whose attempt calls through breaker B: A's span > B's span > CLIENT;
-    one retry layer: B makes one attempt per attempt of A, and A retries."""
-    outer = resilience("orders")
-    inner = resilience("postgresql://127.0.0.1:5432/app")
+    one retry layer: B makes one attempt per attempt of A, and A retries (both in trouble: every
+    call has its span up front)."""
+    outer = in_trouble(resilience("orders"))
+    inner = in_trouble(resilience("postgresql://127.0.0.1:5432/app"))
     db = Script(ConnectionError, "row", tracer=otel.tracer)
     if mode == "sync":
         result = outer.call(lambda: inner.call(db))
@@ -362,7 +435,7 @@ def test_nested_calls_make_nested_spans(otel: Otel, mode: str) -> None:
 
 def test_concurrent_async_calls_have_separate_spans(otel: Otel) -> None:
     """Concurrent acall()s on one Resilience each get their own span with their own attempts."""
-    res = resilience()
+    res = in_trouble(resilience())
 
     async def attempt(label: str) -> str:
         with otel.tracer.start_as_current_span(label, kind=SpanKind.CLIENT):
@@ -384,8 +457,8 @@ def test_concurrent_async_calls_have_separate_spans(otel: Otel) -> None:
 
 
 def test_decorated_functions_make_call_spans(otel: Otel) -> None:
-    """The decorator form, sync and async, makes the same call span with the attempt as its child."""
-    res = resilience()
+    """The decorator form, sync and async, makes the same call span with the attempts as its children."""
+    res = in_trouble(resilience())
     dep = Script(ConnectionError, "ok", tracer=otel.tracer)
 
     @res
@@ -410,7 +483,7 @@ def test_decorated_functions_make_call_spans(otel: Otel) -> None:
 
 def test_attempts_block_makes_one_call_span(otel: Otel) -> None:
     """The `for attempt in res.attempts()` form also makes one call span parenting its attempts."""
-    res = resilience()
+    res = in_trouble(resilience())
     dep = Script(ConnectionError, "ok", tracer=otel.tracer)
     for attempt in res.attempts():
         with attempt:
@@ -427,7 +500,7 @@ def test_user_span_is_the_parent_of_the_call_span(otel: Otel, mode: str) -> None
     """A call made under an application span gets that span as its parent, and leaves it current."""
     res = resilience()
     with otel.tracer.start_as_current_span("handler") as handler:
-        run(mode, res, Script("ok"))
+        run(mode, res, Script(ConnectionError, "ok"))
         assert trace.get_current_span() is handler
     call = otel.the_call_span()
     assert call.parent is not None
@@ -455,6 +528,6 @@ def test_no_span_while_instrumentation_is_suppressed(otel: Otel, mode: str, how:
         finally:
             otel_context.detach(token)
     assert otel.call_spans() == []
-    # Not suppressed any more: the next call has its span again.
-    run(mode, res, Script("ok"))
+    # Not suppressed any more: the next retried call has its span again.
+    run(mode, res, Script(ConnectionError, "ok"))
     assert len(otel.call_spans()) == 1
