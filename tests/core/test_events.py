@@ -62,6 +62,76 @@ def test_one_record_type_for_every_kind(clock: FakeClock) -> None:
     assert recorder.scopes == ["scope:dep", "scope:dep"]
 
 
+class OnDemand(Recorder):
+    """A per-call listener that starts on demand: the start only for a call with something to say."""
+
+    start_on_demand = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: list[tuple[str, float]] = []
+
+    def start_call(self, breaker: str, elapsed: float = 0.0) -> object:  # type: ignore[override]
+        self.starts.append((breaker, elapsed))
+        return f"scope:{breaker}"
+
+
+def test_an_on_demand_listener_hears_every_end_and_only_the_starts_worth_a_scope(clock: FakeClock) -> None:
+    """A plain success: end_call with scope None, no start, no Flow. A retried call: the start when
+    the retry is decided, with the seconds the call has run, then its end with the scope; while
+    the dependency is in trouble, the start comes before the first attempt (elapsed 0)."""
+    listener = OnDemand()
+    otelres.add_listener(listener)
+    assert _events.on_demand_listeners == (listener,)
+    assert _events.eager_listeners == ()
+    res = otelres.Resilience("dep", clock=clock, retry=otelres.RetryPolicy(attempts=2, jitter="none"))
+    assert res.call(lambda: "ok") == "ok"
+    assert listener.starts == []
+    assert listener.scopes == [None]
+    (plain,) = listener.events
+    assert (plain.kind, plain.outcome, plain.attempt) == ("call", "success", 1)
+
+    outcomes = iter([ConnectionError("refused"), "ok"])
+
+    def slow_then_ok() -> object:
+        clock.advance(0.5)
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert res.call(slow_then_ok) == "ok"
+    assert listener.starts == [("dep", 0.5)]  # started when the retry was decided, 0.5 s in
+    assert listener.scopes == [None, "scope:dep"]
+    assert [e.kind for e in listener.events[1:]] == ["retry", "call"]
+
+    assert res.breaker.troubled()  # the failure above: every call now starts up front
+    assert res.call(lambda: "ok") == "ok"
+    assert listener.starts == [("dep", 0.5), ("dep", 0.0)]
+    assert listener.scopes == [None, "scope:dep", "scope:dep"]
+    otelres.remove_listener(listener)
+    assert _events.on_demand_listeners == _events.call_listeners == ()
+
+
+def test_an_on_demand_listener_that_raises_at_the_start_still_hears_the_end(clock: FakeClock) -> None:
+    """A start that raises is logged and dropped; the end still comes, with scope None."""
+
+    class Broken(OnDemand):
+        def start_call(self, breaker: str, elapsed: float = 0.0) -> object:  # type: ignore[override]  # noqa: ARG002
+            raise RuntimeError("broken")
+
+    listener = Broken()
+    otelres.add_listener(listener)
+    try:
+        res = otelres.Resilience("dep", clock=clock, retry=otelres.RetryPolicy(attempts=1))
+        with pytest.raises(ConnectionError):
+            res.call(failing)
+    finally:
+        otelres.remove_listener(listener)
+    assert listener.scopes == [None]
+    assert [(e.kind, e.outcome) for e in listener.events] == [("call", "failure")]
+
+
 def test_event_is_immutable() -> None:
     """A record is shared by every listener: none can change it for the others."""
     event = otelres.Event("retry", "dep", attempt=1)

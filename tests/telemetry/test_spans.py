@@ -531,3 +531,65 @@ def test_no_span_while_instrumentation_is_suppressed(otel: Otel, mode: str, how:
     # Not suppressed any more: the next retried call has its span again.
     run(mode, res, Script(ConnectionError, "ok"))
     assert len(otel.call_spans()) == 1
+
+
+class NeverTroubled(otelres.CircuitBreaker):
+    """A breaker that always reads quiet: a call sees no trouble before it asks for a permit, as when
+    the circuit opens in another thread between the two."""
+
+    def troubled(self) -> bool:
+        return False
+
+
+def test_a_circuit_opened_under_the_fast_path_still_reports_the_rejection(otel: Otel, mode: str) -> None:
+    """The drivers read the breaker quiet, then the permit is refused: the rejected call still has
+    its span with the rejection event, and is counted as rejected."""
+    breaker = NeverTroubled(NAME, clock=FakeClock())
+    breaker.transition_to("forced_open")
+    res = resilience(breaker=breaker)
+    dep = Script("ok", tracer=otel.tracer)
+    with pytest.raises(otelres.CircuitOpenError):
+        run(mode, res, dep)
+    assert dep.attempts == 0
+    (span,) = otel.spans()
+    assert span.attributes[names.ATTR_OUTCOME] == "rejected"
+    assert event_names(span) == [names.EVENT_CIRCUIT_REJECTED, "exception"]
+    assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"rejected": 1}
+
+
+def test_no_span_under_an_unsampled_parent(otel: Otel, mode: str) -> None:
+    """Under a parent that is not sampled a retried call makes no span (no span work at all); its
+    metrics are complete."""
+    parent = trace.NonRecordingSpan(
+        trace.SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True, trace_flags=trace.TraceFlags(0))
+    )
+    token = otel_context.attach(trace.set_span_in_context(parent))
+    try:
+        assert run(mode, in_trouble(resilience()), Script(ConnectionError, "ok", tracer=otel.tracer)) == "ok"
+    finally:
+        otel_context.detach(token)
+    assert otel.spans() == []
+    assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"success": 1}
+    assert otel.values(names.RETRIES, names.ATTR_RETRY_REASON) == {"connect": 1}
+
+
+def test_a_failure_without_retries_has_its_span(otel: Otel, mode: str) -> None:
+    """A call that fails at its only attempt, the dependency quiet until then, gets its span (status
+    ERROR, the exception once) at the end: it had something to say."""
+    res = resilience(retry=NO_JITTER.evolve(attempts=1))
+    with pytest.raises(ConnectionError):
+        run(mode, res, Script(ConnectionError, tracer=otel.tracer))
+    call = otel.the_call_span()
+    assert call.status.status_code is StatusCode.ERROR
+    assert event_names(call) == ["exception"]
+    assert call.attributes[names.ATTR_ATTEMPTS] == 1
+
+
+def test_a_caller_error_is_no_reason_for_a_span(otel: Otel, mode: str) -> None:
+    """An exception the breaker does not count (the caller's own error) and that is not retried
+    leaves the trace as a plain call's: the CLIENT span alone."""
+    res = resilience(breaker=otelres.BreakerPolicy(ignore=(KeyError,)))
+    with pytest.raises(KeyError):
+        run(mode, res, Script(KeyError, tracer=otel.tracer))
+    assert otel.call_spans() == []
+    assert [s.kind for s in otel.spans()] == [SpanKind.CLIENT]
