@@ -169,7 +169,8 @@ class CircuitBreaker:
         "_open_until",
         "_permits",
         "_probe_successes",
-        "_rejected",
+        "_rejections",
+        "_rejections_read",
         "_reopens",
         "_state",
         "_successes",
@@ -215,7 +216,10 @@ class CircuitBreaker:
         self._successes = 0
         self._failures = 0
         self._ignored = 0
-        self._rejected = 0
+        # Rejections are counted lock-free (an outage's hot path): next() on an
+        # itertools.count is one C call; a stats() read takes one value itself.
+        self._rejections = itertools.count()
+        self._rejections_read = 0
         self._transitions = 0
         self._troubled_until = -math.inf
         # Shared state (otelres._fleet): the other processes' window (calls, failures,
@@ -285,7 +289,7 @@ class CircuitBreaker:
                 self._successes,
                 self._failures,
                 self._ignored,
-                self._rejected,
+                self._rejected(),
                 self._transitions,
                 w.calls,
                 w.failures,
@@ -301,11 +305,23 @@ class CircuitBreaker:
         :meth:`on_success` / :meth:`on_failure` / :meth:`on_ignored`.
         """
         epoch = self._epoch
-        if self._state is _CLOSED:
+        state = self._state
+        if state is _CLOSED:
             # Lock-free: the epoch was read first, so if the state changed in
             # between, the token is stale and its outcome cannot move the state.
             return epoch
+        if state is _FORCED_OPEN or (state is _OPEN and self._clock.monotonic() < self._open_until):
+            # Lock-free too: an open circuit whose wait is not over rejects whatever
+            # else changes (a transition under the lock only ever ends the wait).
+            next(self._rejections)
+            return REJECTED
         return self._acquire_locked()
+
+    def _rejected(self) -> int:
+        """The calls rejected so far (lock held: each read takes one value of the count)."""
+        value = next(self._rejections) - self._rejections_read
+        self._rejections_read += 1
+        return value
 
     def _acquire_locked(self) -> int:
         transition = None
@@ -317,7 +333,7 @@ class CircuitBreaker:
                     if self._fleet_gate and now >= self._fleet_lease_until:
                         # Shared state: another process probes for the fleet (or will).
                         self._fleet_wanted = True
-                        self._rejected += 1
+                        next(self._rejections)
                         return REJECTED
                     transition = self._move(_HALF_OPEN, 0.0)
                     state = _HALF_OPEN
@@ -329,12 +345,12 @@ class CircuitBreaker:
                     self._permits += 1
                     token = self._epoch
                 else:
-                    self._rejected += 1
+                    next(self._rejections)
                     token = REJECTED
             elif state is _CLOSED or state is _DISABLED:
                 token = self._epoch
             else:
-                self._rejected += 1
+                next(self._rejections)
                 token = REJECTED
         if transition is not None:
             _report(transition, self)
