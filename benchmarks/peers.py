@@ -518,6 +518,7 @@ SDK_SPAN = "SDK span start+end (BatchSpanProcessor)"
 TELEMETRY_OFF = "otelres Resilience, telemetry off"
 TELEMETRY_NO_SDK = "otelres Resilience, telemetry on, no SDK"
 TELEMETRY_FULL = "otelres Resilience, full telemetry"
+TELEMETRY_TROUBLE = "otelres Resilience, full telemetry, in trouble (a call span)"
 #: Two attributes, built once, as otelres builds its own attribute sets.
 SDK_ATTRIBUTES = {telemetry_names.ATTR_BREAKER: "bench.sdk", telemetry_names.ATTR_OUTCOME: "success"}
 
@@ -681,6 +682,8 @@ class TelemetryPath:
     def __init__(self) -> None:
         self.tracings: list[SdkTracing] = []
         self.meterings: list[SdkMetrics] = []
+        #: The in_trouble() blocks of the in-trouble rows, left at close().
+        self.troubles = contextlib.ExitStack()
 
     def tracing(self, label: str) -> SdkTracing:
         made = SdkTracing.new(label)
@@ -702,6 +705,12 @@ class TelemetryPath:
             build(TELEMETRY_NO_SDK, h.OTELRES, True, self.no_sdk),
             build(
                 TELEMETRY_FULL, h.OTELRES, True, functools.partial(self.with_sdk, traces=True, metrics=True)
+            ),
+            build(
+                TELEMETRY_TROUBLE,
+                h.OTELRES,
+                True,
+                functools.partial(self.with_sdk, traces=True, metrics=True, trouble=True),
             ),
             build(
                 "otelres Resilience, tracing only",
@@ -787,10 +796,20 @@ class TelemetryPath:
             otelres.telemetry.disable()
         return Contender("", "", loop0(fn), before_round=on, after_round=otelres.telemetry.disable)
 
-    def with_sdk(self, *, traces: bool, metrics: bool) -> Contender:
+    def with_sdk(self, *, traces: bool, metrics: bool, trouble: bool = False) -> Contender:
+        """A plain success: no call span (1 span per call is OpenTelemetry's CLIENT span, which this
+        path has none of), the call counted and its duration recorded. ``trouble``: the dependency
+        in trouble (``CircuitBreaker.troubled()``), so every call has its call span up front.
+        """
         label = {(True, True): "full", (True, False): "tracing", (False, True): "metrics"}[traces, metrics]
+        if trouble:
+            label += "_trouble"
         name = f"bench.telemetry.{label}"
-        fn = otelres_resilience(name)(target)
+        res = otelres_resilience(name)
+        if trouble:
+            self.troubles.enter_context(otelres.testing.in_trouble(res.breaker))
+        fn = res(target)
+        spans_per_call = 1 if trouble and traces else 0
         tracing = self.tracing(f"otelres {label}") if traces else None
         metering = self.metering(f"otelres {label}") if metrics else None
         providers: dict[str, Any] = {}
@@ -804,7 +823,7 @@ class TelemetryPath:
         def run(n: int) -> None:
             loop0(fn)(n)
             if tracing is not None:
-                tracing.ended += n
+                tracing.ended += n * spans_per_call
             if metering is not None:
                 metering.made[telemetry_names.CALL_DURATION] += n
 
@@ -819,7 +838,8 @@ class TelemetryPath:
         finally:
             off()
         if tracing is not None:
-            expect((tracing.problem(), tracing.sink.names), (None, {f"otelres {name}"}), "otelres spans")
+            spans = {f"otelres {name}"} if spans_per_call else set()
+            expect((tracing.problem(), tracing.sink.names), (None, spans), "otelres spans")
         if metering is not None:
             expect(metering.problem(), None, "otelres metrics")
         return Contender("", "", run, before_round=on, after_round=off)
@@ -859,6 +879,7 @@ class TelemetryPath:
         )
 
     def close(self) -> None:
+        self.troubles.close()
         for tracing in self.tracings:
             tracing.provider.shutdown()
         for metering in self.meterings:
