@@ -16,6 +16,7 @@ __all__ = [
     "ATTR_FAILURE_RATE",
     "ATTR_FROM_STATE",
     "ATTR_OUTCOME",
+    "ATTR_REJECTION_REASON",
     "ATTR_RETRY_AFTER",
     "ATTR_RETRY_DELAY",
     "ATTR_RETRY_REASON",
@@ -40,6 +41,8 @@ __all__ = [
     "METER_NAME",
     "OUTCOMES",
     "PROMETHEUS",
+    "REJECTIONS",
+    "REJECTION_REASONS",
     "RETRIES",
     "RETRIES_SUPPRESSED",
     "RETRY_DELAY",
@@ -76,6 +79,9 @@ SHARED_STATE_DISAGREEING: Final = "otelres.shared_state.disagreeing"
 SERVER_LIMIT: Final = "otelres.server.limit"
 SERVER_IN_FLIGHT: Final = "otelres.server.in_flight"
 SERVER_SHED: Final = "otelres.server.shed"
+#: Calls rejected without an attempt, by reason (REJECTION_REASONS): an open circuit, or the
+#: adaptive throttle beside a closed one. Each is also an ``otelres.calls`` with outcome rejected.
+REJECTIONS: Final = "otelres.rejections"
 
 #: The series the standard OpenTelemetry Prometheus exporter makes of them.
 PROMETHEUS: Final = {
@@ -92,6 +98,7 @@ PROMETHEUS: Final = {
     SERVER_LIMIT: "otelres_server_limit",
     SERVER_IN_FLIGHT: "otelres_server_in_flight",
     SERVER_SHED: "otelres_server_shed_total",
+    REJECTIONS: "otelres_rejections_total",
 }
 
 # -- attributes -------------------------------------------------------------------------
@@ -108,6 +115,8 @@ ATTR_FAILURE_RATE: Final = "otelres.failure_rate"
 ATTR_RETRY_AFTER: Final = "otelres.retry_after"
 #: Why the middleware shed a request (SHED_REASONS).
 ATTR_SHED_REASON: Final = "otelres.shed.reason"
+#: Why a call was rejected without an attempt (REJECTION_REASONS).
+ATTR_REJECTION_REASON: Final = "otelres.rejection.reason"
 
 #: The closed sets attribute values come from (bounded cardinality).
 OUTCOMES: Final = ("success", "failure", "rejected", "fallback")
@@ -123,6 +132,9 @@ SUPPRESSED_REASONS: Final = (
 #: ``limit``: the limit was taken; ``critical``: a critical request found the limit and the
 #: headroom above it taken.
 SHED_REASONS: Final = ("limit", "critical")
+#: ``circuit_open``: the breaker is open (or half-open with its probes taken); ``throttled``: the
+#: adaptive throttle (``BreakerPolicy(throttle=...)``) refused the call.
+REJECTION_REASONS: Final = ("circuit_open", "throttled")
 
 # -- span events ------------------------------------------------------------------------
 EVENT_RETRY: Final = "otelres.retry"
