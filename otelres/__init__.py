@@ -19,12 +19,14 @@ from ._flow import Guard, current_attempt
 from ._idempotency import retry_unsafe
 from ._instrument import instrument, uninstrument
 from ._limit import AdaptiveLimit, FixedLimit
-from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy, SharedState
+from ._policy import BreakerPolicy, BudgetPolicy, RetryPolicy, SharedState, ThrottlePolicy
 from ._registry import Profile, Registry, default_registry
 from ._resilience import Attempt, Resilience, resilient
+from ._throttle import AdaptiveThrottle, ThrottleStats
 
 __all__ = [
     "AdaptiveLimit",
+    "AdaptiveThrottle",
     "Attempt",
     "BreakerPolicy",
     "BreakerStats",
@@ -49,6 +51,8 @@ __all__ = [
     "Settings",
     "SharedState",
     "State",
+    "ThrottlePolicy",
+    "ThrottleStats",
     "Transition",
     "add_listener",
     "backoff_delay",

@@ -34,6 +34,7 @@ from ._clock import MONOTONIC, Clock
 from ._errors import CircuitOpenError
 from ._names import safe_name
 from ._policy import BreakerPolicy
+from ._throttle import Throttle
 from ._window import CountWindow, TimeWindow, Window
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ class CircuitBreaker:
         "_reopens",
         "_state",
         "_successes",
+        "_throttle",
         "_ticks",
         "_ticks_taken",
         "_transitions",
@@ -222,6 +224,11 @@ class CircuitBreaker:
         self._rejections_read = 0
         self._transitions = 0
         self._troubled_until = -math.inf
+        #: Client-side adaptive throttling of a closed circuit's calls (policy.throttle).
+        throttling = self.policy.throttle
+        self._throttle = (
+            Throttle(throttling, clock=self._clock) if throttling is not None and throttling.enabled else None
+        )
         # Shared state (otelres._fleet): the other processes' window (calls, failures,
         # slow), whether a half-open period needs the fleet's lease, until when (on
         # this breaker's clock) this process holds it, and whether a call was refused
@@ -309,7 +316,11 @@ class CircuitBreaker:
         if state is _CLOSED:
             # Lock-free: the epoch was read first, so if the state changed in
             # between, the token is stale and its outcome cannot move the state.
-            return epoch
+            throttle = self._throttle
+            if throttle is None or throttle.admit():
+                return epoch
+            next(self._rejections)  # throttled: a rejection with its own reason (see rejection())
+            return REJECTED
         if state is _FORCED_OPEN or (state is _OPEN and self._clock.monotonic() < self._open_until):
             # Lock-free too: an open circuit whose wait is not over rejects whatever
             # else changes (a transition under the lock only ever ends the wait).
@@ -367,6 +378,9 @@ class CircuitBreaker:
             wait = self._open_until - self._clock.monotonic()
         elif state is _FORCED_OPEN:
             wait = self.policy.open_seconds
+        elif state is _CLOSED and self._throttle is not None:
+            # A closed circuit refuses only by its throttle.
+            return error_class(self.name, 0.0, "throttled")
         else:
             wait = 0.0
         return error_class(self.name, wait)  # the error clamps it at 0 when read
@@ -385,12 +399,15 @@ class CircuitBreaker:
         """The attempt ended in a way that counts neither way (its permit is returned)."""
         self.record(token, None, 0.0)
 
-    def record(self, token: int, failed: bool | None, started: float) -> None:
+    def record(self, token: int, failed: bool | None, started: float) -> None:  # noqa: PLR0915 - one frame: the hot path
         """Report the outcome of the attempt admitted with ``token``.
 
         ``failed`` is True for a failure, False for a success and None for an
         outcome that counts neither way.
         """
+        throttle = self._throttle
+        if throttle is not None and failed is not None:
+            throttle.record(not failed)  # the dependency answered: accepted unless it failed
         policy = self.policy
         slow_limit = policy.slow_call_seconds
         if (

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from . import _fork
 from ._errors import ConfigError
 from ._names import safe_name
-from ._policy import BreakerPolicy, BudgetPolicy, HttpPolicy, RetryPolicy, SharedState
+from ._policy import BreakerPolicy, BudgetPolicy, HttpPolicy, RetryPolicy, SharedState, ThrottlePolicy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,7 +53,9 @@ class Key:
 
     @property
     def section(self) -> str:
-        """``retry``, ``breaker``, ``budget``, ``http``, ``shared_state``, or ``""`` for a top-level key."""
+        """``retry``, ``breaker``, ``budget``, ``http``, ``throttle``, ``shared_state``, or ``""`` for a
+        top-level key.
+        """
         return self.name.partition(".")[0] if "." in self.name else ""
 
     @property
@@ -94,6 +96,11 @@ KEYS: dict[str, Key] = {
         Key("budget.ratio", "float"),
         Key("budget.min_retries", "int"),
         Key("budget.enabled", "bool"),
+        Key("throttle.enabled", "bool"),
+        Key("throttle.k", "float"),
+        Key("throttle.window_seconds", "float"),
+        Key("throttle.min_requests", "int"),
+        Key("throttle.max_rejection", "float"),
         Key("http.retry_500", "bool"),
         Key("http.retry_unsafe", "bool"),
         Key("shared_state.url", "text", optional=True),
@@ -125,9 +132,9 @@ DEFAULT_PROMETHEUS_PORTS = 16
 _PAIRS = {"retry.max_delay": "retry.base_delay", "breaker.max_open_seconds": "breaker.open_seconds"}
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_SECTIONS = ("retry", "breaker", "budget", "http", "shared_state")
+_SECTIONS = ("retry", "breaker", "budget", "http", "throttle", "shared_state")
 #: The sections that make a :class:`Target` (``shared_state`` is the process's).
-_TARGET_SECTIONS = ("retry", "breaker", "budget", "http")
+_TARGET_SECTIONS = ("retry", "breaker", "budget", "http", "throttle")
 
 #: One layer of configuration: dotted key -> (value, where it came from).
 _Layer = dict[str, tuple[object, str]]
@@ -171,6 +178,10 @@ def _check_type(where: str, key: Key, value: object) -> object:
     return float(value) if key.kind == "float" else value  # type: ignore[arg-type]
 
 
+#: The throttle settings nobody turned on.
+_THROTTLE_OFF = ThrottlePolicy(enabled=False)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Target:
     """The policies in force for one breaker name."""
@@ -180,6 +191,8 @@ class Target:
     breaker: BreakerPolicy
     budget: BudgetPolicy
     http: HttpPolicy = dataclasses.field(default_factory=HttpPolicy)
+    #: The adaptive throttle's settings (off by default); when on, ``breaker.throttle`` is it.
+    throttle: ThrottlePolicy = dataclasses.field(default_factory=lambda: _THROTTLE_OFF)
 
 
 def _unknown(where: str, key: str, known: Iterable[str]) -> ConfigError:
@@ -208,12 +221,16 @@ def _build(layer: _Layer, base: Target) -> Target:
         elif name == "enabled":
             enabled = bool(value)
     try:
+        # The throttle is the breaker policy's when throttle.enabled is true; its keys are
+        # checked either way.
+        throttle = base.throttle.evolve(**sections["throttle"])
         return Target(
             enabled,
             base.retry.evolve(**sections["retry"]),
-            base.breaker.evolve(**sections["breaker"]),
+            base.breaker.evolve(**sections["breaker"], throttle=throttle if throttle.enabled else None),
             base.budget.evolve(**sections["budget"]),
             base.http.evolve(**sections["http"]),
+            throttle,
         )
     except ConfigError as exc:
         raise _blame(exc, layer) from None

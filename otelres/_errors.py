@@ -16,18 +16,26 @@ class OtelresError(Exception):
 
 
 class CircuitOpenError(OtelresError):
-    """A call was rejected because its circuit breaker is open.
+    """A call was rejected because its circuit breaker is open (or, with ``reason``
+    ``"throttled"``, by the adaptive throttle beside a closed breaker).
 
     No attempt was made. ``retry_after`` is the number of seconds until the
     breaker admits a probe again (0.0 when it is half-open and all probe
     permits are taken), which servers turn into a ``Retry-After`` header.
-    Construct it as ``CircuitOpenError(breaker_name, retry_after_seconds)``.
+    Construct it as ``CircuitOpenError(breaker_name, retry_after_seconds)``, or
+    ``CircuitOpenError(breaker_name, 0.0, "throttled")``.
     """
 
     # No __init__ and no message built up front: a rejection is the hot path of
     # an outage, and a Python-level __init__ plus formatting cost more than the
     # rest of it. BaseException stores the two arguments in ``args``.
-    args: tuple[str, float]
+    args: tuple[str, float] | tuple[str, float, str]
+
+    @property
+    def reason(self) -> str:
+        """Why the call was rejected: ``circuit_open``, or ``throttled`` (the adaptive throttle)."""
+        args = self.args
+        return args[2] if len(args) > 2 else "circuit_open"
 
     @property
     def breaker(self) -> str:
@@ -40,10 +48,12 @@ class CircuitOpenError(OtelresError):
         return max(0.0, self.args[1])
 
     def __str__(self) -> str:
+        if self.reason == "throttled":
+            return f"calls to {self.breaker!r} are throttled: it accepts too few of them lately"
         return f"circuit {self.breaker!r} is open; next probe in {self.retry_after:.3f} s"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.breaker, self.retry_after))
+        return (type(self), self.args[:2] if self.reason == "circuit_open" else self.args)
 
 
 class RetryError(OtelresError):

@@ -53,7 +53,8 @@ RETRY: Final = "retry"
 RETRY_SUPPRESSED: Final = "retry_suppressed"
 #: A call made all its ``attempt`` attempts (more than one); the last failed for ``reason``.
 EXHAUSTED: Final = "exhausted"
-#: An open circuit rejected a call without an attempt; it admits a probe in ``retry_after`` s.
+#: A call was rejected without an attempt, for ``reason``: ``circuit_open`` (it admits a probe
+#: in ``retry_after`` s) or ``throttled`` (the adaptive throttle beside a closed circuit).
 REJECTED: Final = "rejected"
 #: A call returned its fallback instead of the error ``reason`` (an exception's type name).
 FALLBACK: Final = "fallback"
@@ -101,6 +102,9 @@ class Event(NamedTuple):
         if kind == EXHAUSTED:
             return {"attempts": self.attempt, "reason": self.reason}
         if kind == REJECTED:
+            # The reason came after 0.1: shown when it is not the circuit (``throttled``).
+            if self.reason and self.reason != "circuit_open":
+                return {"retry_after": self.retry_after, "reason": self.reason}
             return {"retry_after": self.retry_after}
         if kind in (FALLBACK, DEGRADED):
             return {"reason": self.reason}

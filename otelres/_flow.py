@@ -251,7 +251,10 @@ class Guard:
         """The error of a call rejected without a Flow (reported to the listeners)."""
         error = self.breaker.rejection(self.error_class)
         if _events.listeners:
-            _events.emit(_events.Event(_events.REJECTED, self.name, retry_after=error.retry_after))
+            event = _events.Event(
+                _events.REJECTED, self.name, retry_after=error.retry_after, reason=error.reason
+            )
+            _events.emit(event)
         return error
 
 

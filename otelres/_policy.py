@@ -28,6 +28,7 @@ __all__ = [
     "HttpPolicy",
     "RetryPolicy",
     "SharedState",
+    "ThrottlePolicy",
     "as_exception_predicate",
 ]
 
@@ -124,6 +125,47 @@ class _Evolve:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
+#: The most buckets a throttle's window keeps: a window longer than this many seconds has
+#: wider buckets, so that a day-long window costs no more memory than a ten-minute one.
+THROTTLE_MAX_BUCKETS = 600
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ThrottlePolicy(_Evolve):
+    """How hard a :class:`Throttle` throttles, and over how much history.
+
+    ``k``: the dependency receives about ``k`` times the requests it accepts (2.0, the SRE
+    book's value: at most one request in two wasted on a struggling dependency; 1.1 throttles
+    almost down to what it accepts, for a dependency whose rejections cost as much as its work).
+    ``window_seconds``: the history the counts cover (120 s, the book's two minutes: long enough
+    not to react to a blip, short enough to follow an incident). ``min_requests``: no rejection
+    before this many requests were counted in the window (20, as the breaker's
+    ``minimum_calls``). ``max_rejection``: the most the rejection probability may be (0.9, as
+    failsafe-go: one request in ten still probes the dependency, whatever it answered lately).
+    """
+
+    k: float = 2.0
+    window_seconds: float = 120.0
+    min_requests: int = 20
+    max_rejection: float = 0.9
+    #: False: configured but off (the configuration's default, ``throttle.enabled``).
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("throttle.enabled", self.enabled, "true | false")
+        # k < 1 would throttle a dependency that accepts everything.
+        _check_number("throttle.k", self.k, low=1.0, high=1000.0)
+        _check_number("throttle.window_seconds", self.window_seconds, low=0.0, high=86400.0, low_open=True)
+        _check_number("throttle.min_requests", self.min_requests, low=0, high=1_000_000, integer=True)
+        _check_number("throttle.max_rejection", self.max_rejection, low=0.0, high=1.0, low_open=True)
+
+    @property
+    def buckets(self) -> int:
+        """How many buckets the window is made of: one a second, at most :data:`MAX_BUCKETS`."""
+        return min(THROTTLE_MAX_BUCKETS, max(1, math.ceil(self.window_seconds)))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BreakerPolicy(_Evolve):
     """When a circuit breaker opens, how long it stays open, and how it probes.
@@ -161,6 +203,8 @@ class BreakerPolicy(_Evolve):
     ignore: ExceptionMatcher | None = None
     failure_result: ResultPredicate | None = None
     others_succeed: bool = False
+    #: Client-side adaptive throttling beside the breaker (None: none); see :class:`ThrottlePolicy`.
+    throttle: ThrottlePolicy | None = None
 
     def __post_init__(self) -> None:
         _check_number("breaker.failure_rate", self.failure_rate, low=0.0, high=1.0, low_open=True)
@@ -183,6 +227,8 @@ class BreakerPolicy(_Evolve):
         _check_callable("breaker.failure_result", self.failure_result)
         if not isinstance(self.others_succeed, bool):
             raise ConfigError("breaker.others_succeed", self.others_succeed, "true | false")
+        if self.throttle is not None and not isinstance(self.throttle, ThrottlePolicy):
+            raise ConfigError("breaker.throttle", self.throttle, "an otelres.ThrottlePolicy or None")
         # Normalised once here so that the hot path calls one predicate.
         object.__setattr__(self, "_is_failure", as_exception_predicate("breaker.failure_on", self.failure_on))
         object.__setattr__(self, "_is_ignored", as_exception_predicate("breaker.ignore", self.ignore))

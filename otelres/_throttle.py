@@ -30,8 +30,6 @@ source; one short lock, renewed in a forked child, which starts with an empty wi
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import random as _random
 import threading
 from typing import TYPE_CHECKING, NamedTuple
@@ -39,48 +37,13 @@ from typing import TYPE_CHECKING, NamedTuple
 from . import _fork
 from ._clock import MONOTONIC, Clock
 from ._errors import ConfigError
-from ._policy import _check_number, _Evolve
+from ._policy import THROTTLE_MAX_BUCKETS as MAX_BUCKETS
+from ._policy import ThrottlePolicy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Throttle", "ThrottlePolicy", "ThrottleStats"]
-
-#: The most buckets a window keeps: a window longer than this many seconds has wider buckets,
-#: so that a day-long window costs no more memory than a ten-minute one.
-MAX_BUCKETS = 600
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ThrottlePolicy(_Evolve):
-    """How hard a :class:`Throttle` throttles, and over how much history.
-
-    ``k``: the dependency receives about ``k`` times the requests it accepts (2.0, the SRE
-    book's value: at most one request in two wasted on a struggling dependency; 1.1 throttles
-    almost down to what it accepts, for a dependency whose rejections cost as much as its work).
-    ``window_seconds``: the history the counts cover (120 s, the book's two minutes: long enough
-    not to react to a blip, short enough to follow an incident). ``min_requests``: no rejection
-    before this many requests were counted in the window (20, as the breaker's
-    ``minimum_calls``). ``max_rejection``: the most the rejection probability may be (0.9, as
-    failsafe-go: one request in ten still probes the dependency, whatever it answered lately).
-    """
-
-    k: float = 2.0
-    window_seconds: float = 120.0
-    min_requests: int = 20
-    max_rejection: float = 0.9
-
-    def __post_init__(self) -> None:
-        # k < 1 would throttle a dependency that accepts everything.
-        _check_number("throttle.k", self.k, low=1.0, high=1000.0)
-        _check_number("throttle.window_seconds", self.window_seconds, low=0.0, high=86400.0, low_open=True)
-        _check_number("throttle.min_requests", self.min_requests, low=0, high=1_000_000, integer=True)
-        _check_number("throttle.max_rejection", self.max_rejection, low=0.0, high=1.0, low_open=True)
-
-    @property
-    def buckets(self) -> int:
-        """How many buckets the window is made of: one a second, at most :data:`MAX_BUCKETS`."""
-        return min(MAX_BUCKETS, max(1, math.ceil(self.window_seconds)))
+__all__ = ["MAX_BUCKETS", "AdaptiveThrottle", "Throttle", "ThrottlePolicy", "ThrottleStats"]
 
 
 class ThrottleStats(NamedTuple):
@@ -251,3 +214,8 @@ class Throttle:
             f"Throttle(k={self.policy.k:g}, window_seconds={self.policy.window_seconds:g}, "
             f"requests={self._requests}, accepts={self._accepts}, rejected={self._rejected})"
         )
+
+
+#: The public name (``otelres.AdaptiveThrottle``): a throttle of one's own, for code that is not a
+#: call through a breaker (a breaker's own comes from ``BreakerPolicy(throttle=...)``).
+AdaptiveThrottle = Throttle

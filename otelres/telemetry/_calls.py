@@ -69,6 +69,7 @@ class _Instruments:
     def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
         self.lock = threading.Lock()
         self.calls: dict[tuple[str, str], int] = {}
+        self.rejections: dict[tuple[str, str], int] = {}
         _fork.renew(self, "lock")
         self.attrs: dict[tuple[str, ...], dict[str, str]] = {}
         meter = metrics.get_meter(names.METER_NAME, _version(), meter_provider)
@@ -96,6 +97,12 @@ class _Instruments:
         meter.create_observable_counter(
             names.CALLS, [self._observe_calls], unit="{call}", description="Logical calls, by outcome."
         )
+        meter.create_observable_counter(
+            names.REJECTIONS,
+            [self._observe_rejections],
+            unit="{call}",
+            description="Calls rejected without an attempt, by reason.",
+        )
         meter.create_observable_gauge(
             names.CIRCUIT_STATE,
             [self._observe_states],
@@ -110,6 +117,7 @@ class _Instruments:
         that made calls would report the parent's calls again.
         """
         self.calls = {}
+        self.rejections = {}
 
     def attributes(self, breaker: str, key: str, value: str) -> dict[str, str]:
         """The attribute set ``{breaker, key: value}``, built once and reused."""
@@ -125,6 +133,14 @@ class _Instruments:
         return [
             metrics.Observation(count, self.attributes(breaker, names.ATTR_OUTCOME, outcome))
             for (breaker, outcome), count in counts
+        ]
+
+    def _observe_rejections(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self.lock:
+            counts = list(self.rejections.items())
+        return [
+            metrics.Observation(count, self.attributes(breaker, names.ATTR_REJECTION_REASON, reason))
+            for (breaker, reason), count in counts
         ]
 
     def _observe_states(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -294,7 +310,16 @@ class CallTelemetry(Listener):
                 m.calls[key] = m.calls.get(key, 0) + 1
 
     def _rejected(self, event: Event) -> None:
-        _span_event(names.EVENT_CIRCUIT_REJECTED, {names.ATTR_RETRY_AFTER: event.retry_after})
+        reason = event.reason or "circuit_open"
+        m = self._m
+        if m is not None:
+            key = (event.breaker, reason)
+            with m.lock:
+                m.rejections[key] = m.rejections.get(key, 0) + 1
+        _span_event(
+            names.EVENT_CIRCUIT_REJECTED,
+            {names.ATTR_RETRY_AFTER: event.retry_after, names.ATTR_REJECTION_REASON: reason},
+        )
 
     _HANDLERS: ClassVar[dict[str, Callable[[CallTelemetry, Event], None]]] = {
         _events.RETRY: _retry,

@@ -136,9 +136,9 @@ class LogEvents(Listener):
                 **trace_ids(),
             )
         elif kind == _events.REJECTED:
-            self._rejected(event.breaker, event.retry_after)
+            self._rejected(event.breaker, event.retry_after, event.reason or "circuit_open")
 
-    def _rejected(self, breaker: str, retry_after: float) -> None:
+    def _rejected(self, breaker: str, retry_after: float, reason: str) -> None:
         now = self._clock()
         with self._lock:
             entry = self._rejections.get(breaker)
@@ -152,6 +152,7 @@ class LogEvents(Listener):
             names.LOG_CALL_REJECTED,
             breaker=breaker,
             retry_after=round(retry_after, 3),
+            reason=reason,
             suppressed=suppressed,
             **trace_ids(),
         )

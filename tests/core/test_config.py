@@ -46,6 +46,11 @@ VALID: dict[str, tuple[str, object]] = {
     "budget.enabled": ("false", False),
     "http.retry_500": ("true", True),
     "http.retry_unsafe": ("TRUE", True),
+    "throttle.enabled": ("true", True),
+    "throttle.k": ("1.5", 1.5),
+    "throttle.window_seconds": ("60", 60.0),
+    "throttle.min_requests": ("50", 50),
+    "throttle.max_rejection": ("0.8", 0.8),
 }
 
 # (key, env text, err.value, err.allowed): at least one unparseable and one out-of-range value per key.
@@ -102,6 +107,15 @@ BAD_ENV: list[tuple[str, str, object, str]] = [
     ("budget.enabled", "0", "0", "true | false"),
     ("http.retry_500", "yes", "yes", "true | false"),
     ("http.retry_unsafe", "1", "1", "true | false"),
+    ("throttle.enabled", "yes", "yes", "true | false"),
+    ("throttle.k", "double", "double", "a number"),
+    ("throttle.k", "0.5", 0.5, "a number >= 1 and <= 1000"),
+    ("throttle.window_seconds", "2m", "2m", "a number"),
+    ("throttle.window_seconds", "0", 0.0, "a number > 0 and <= 86400"),
+    ("throttle.min_requests", "some", "some", "an integer"),
+    ("throttle.min_requests", "-1", -1, "an integer >= 0 and <= 1000000"),
+    ("throttle.max_rejection", "90%", "90%", "a number"),
+    ("throttle.max_rejection", "0", 0.0, "a number > 0 and <= 1"),
 ]
 
 

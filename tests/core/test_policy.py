@@ -80,6 +80,8 @@ BAD: list[tuple[type, str, object, str]] = [
     (BreakerPolicy, "failure_result", 503, "breaker.failure_result"),
     (BreakerPolicy, "failure_result", "status >= 500", "breaker.failure_result"),
     (BreakerPolicy, "others_succeed", "yes", "breaker.others_succeed"),
+    (BreakerPolicy, "throttle", {"k": 2.0}, "breaker.throttle"),
+    (BreakerPolicy, "throttle", True, "breaker.throttle"),
     # RetryPolicy
     (RetryPolicy, "attempts", 0, "retry.attempts"),
     (RetryPolicy, "attempts", -1, "retry.attempts"),

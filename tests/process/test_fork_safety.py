@@ -456,6 +456,7 @@ def every_lock() -> list[tuple[str, object, str]]:
         ("Subclasses", Subclasses(object), "_lock"),
         ("FakeClock", FakeClock(), "_lock"),
         ("CapturedEvents", CapturedEvents(), "_lock"),
+        ("AdaptiveThrottle", otelres.AdaptiveThrottle(), "_lock"),
     ]
 
 

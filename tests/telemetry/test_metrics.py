@@ -30,6 +30,7 @@ INSTRUMENTS = {
     names.CIRCUIT_STATE: (Gauge, "1"),
     names.CIRCUIT_TRANSITIONS: (Sum, "{transition}"),
     names.RETRY_DELAY: (Histogram, "s"),
+    names.REJECTIONS: (Sum, "{call}"),
 }
 NO_BUDGET = otelres.BudgetPolicy(min_retries=0, ratio=0.0)
 TRIPS_AT_2 = otelres.BreakerPolicy(consecutive_failures=2)
@@ -50,7 +51,7 @@ def everything_once(mode: str, name: str = NAME) -> list[otelres.Resilience]:
 
 
 def test_instrument_names_kinds_and_units(otel: Otel, mode: str) -> None:
-    """Exactly the seven instruments of otelres.telemetry.names, each of its kind and unit."""
+    """Exactly the eight instruments of otelres.telemetry.names, each of its kind and unit."""
     assert set(INSTRUMENTS) == {
         "otelres.calls",
         "otelres.call.duration",
@@ -59,6 +60,7 @@ def test_instrument_names_kinds_and_units(otel: Otel, mode: str) -> None:
         "otelres.circuit.state",
         "otelres.circuit.transitions",
         "otelres.retry.delay",
+        "otelres.rejections",
     }
     alive = everything_once(mode)
     metrics = otel.metrics()
@@ -224,6 +226,7 @@ def test_no_attribute_value_leaks_url_parts(otel: Otel, mode: str) -> None:
         names.ATTR_FROM_STATE: set(names.STATES),
         names.ATTR_TO_STATE: set(names.STATES),
         names.ATTR_RETRY_REASON: RETRY_REASONS | set(names.SUPPRESSED_REASONS),
+        names.ATTR_REJECTION_REASON: set(names.REJECTION_REASONS),
     }
     seen: list[tuple[str, str, object]] = []
     for name, metric in otel.metrics().items():

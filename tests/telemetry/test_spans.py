@@ -245,7 +245,9 @@ def test_rejected_call_has_rejection_event_and_no_child(otel: Otel, mode: str) -
     assert dep.attempts == 0
     (span,) = otel.spans()
     assert span.name == f"otelres {NAME}"
-    assert events(span, names.EVENT_CIRCUIT_REJECTED) == [{names.ATTR_RETRY_AFTER: 5.0}]
+    assert events(span, names.EVENT_CIRCUIT_REJECTED) == [
+        {names.ATTR_RETRY_AFTER: 5.0, names.ATTR_REJECTION_REASON: "circuit_open"}
+    ]
     assert span.status.status_code is StatusCode.ERROR
     (exception,) = events(span, "exception")
     assert exception["exception.type"].endswith("CircuitOpenError")

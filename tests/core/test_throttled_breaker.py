@@ -1,0 +1,143 @@
+"""The adaptive throttle beside a closed breaker: BreakerPolicy(throttle=...), the config keys,
+the rejection with its own reason, and what the telemetry and the server make of it."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+
+import pytest
+
+import otelres
+from otelres import _events
+from otelres.testing import FakeClock, capture_events
+
+#: Throttles from the 4th call in the window, k = 1 (the dependency gets what it accepts).
+EAGER = otelres.ThrottlePolicy(k=1.0, min_requests=4, window_seconds=10.0, max_rejection=0.9)
+
+
+def failing() -> None:
+    raise ConnectionError("refused")
+
+
+def throttled_resilience(clock: FakeClock, *, random: float = 0.0) -> otelres.Resilience:
+    """A Resilience whose breaker throttles (EAGER) and trips late, on a fake clock; its throttle
+    draws ``random`` (0.0: every draw under the probability rejects)."""
+    policy = otelres.BreakerPolicy(throttle=EAGER, minimum_calls=1000)
+    res = otelres.Resilience("search", breaker=policy, clock=clock, retry=otelres.RetryPolicy(attempts=1))
+    res.breaker._throttle._random = lambda: random  # type: ignore[union-attr]
+    return res
+
+
+def test_a_struggling_dependency_is_throttled_with_its_own_reason(clock: FakeClock) -> None:
+    """Four failures: the next call is rejected locally, no attempt, while the circuit stays closed;
+    the error says throttled, with no wait."""
+    res = throttled_resilience(clock)
+    for _ in range(4):
+        with pytest.raises(ConnectionError):
+            res.call(failing)
+    attempts: list[int] = []
+    with capture_events() as events, pytest.raises(otelres.CircuitOpenError) as info:
+        res.call(lambda: attempts.append(1))
+    assert attempts == []
+    assert res.breaker.state is otelres.State.CLOSED
+    error = info.value
+    assert (error.breaker, error.reason, error.retry_after) == ("search", "throttled", 0.0)
+    assert "throttled" in str(error)
+    assert [(e.kind, e.fields) for e in events.events] == [
+        ("rejected", {"retry_after": 0.0, "reason": "throttled"}),
+        ("call", {"outcome": "rejected", "duration": 0.0, "attempts": 0}),
+    ]
+    assert res.breaker.stats().rejected == 1
+    clone = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert (clone.breaker, clone.reason) == ("search", "throttled")
+
+
+def test_a_throttled_async_call_is_rejected_the_same_way(clock: FakeClock) -> None:
+    res = throttled_resilience(clock)
+    for _ in range(4):
+        with pytest.raises(ConnectionError):
+            res.call(failing)
+
+    async def fine() -> str:
+        return "ok"
+
+    with pytest.raises(otelres.CircuitOpenError) as info:
+        asyncio.run(res.acall(fine))
+    assert info.value.reason == "throttled"
+
+
+def test_the_draw_decides_and_accepts_bring_the_load_back(clock: FakeClock) -> None:
+    """Below the probability the draw lets calls through; once the failures leave the window the
+    throttle rejects nothing."""
+    res = throttled_resilience(clock, random=0.95)  # above max_rejection: never rejected
+    for _ in range(4):
+        with pytest.raises(ConnectionError):
+            res.call(failing)
+    assert res.call(lambda: "ok") == "ok"
+    throttle = res.breaker._throttle
+    assert throttle is not None
+    # 5 requests (4 failed, 1 accepted), k = 1: (5 - 1) / (5 + 1).
+    assert throttle.rejection_probability() == pytest.approx(4 / 6)
+    clock.advance(11.0)
+    assert throttle.rejection_probability() == 0.0
+
+
+def test_an_open_circuit_says_circuit_open() -> None:
+    error = otelres.CircuitOpenError("db", 3.0)
+    assert error.reason == "circuit_open"
+    assert "is open" in str(error)
+    clone = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert (clone.args, clone.reason) == (("db", 3.0), "circuit_open")
+
+
+def test_no_throttle_without_the_policy_and_the_fast_path_stays(clock: FakeClock) -> None:
+    res = otelres.Resilience("plain", clock=clock)
+    assert res.breaker._throttle is None
+    assert otelres.BreakerPolicy().throttle is None
+
+
+def test_the_configuration_turns_it_on_per_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """throttle.enabled and its keys, from the environment: the registry's breakers throttle."""
+    monkeypatch.setenv("OTELRES_THROTTLE_ENABLED", "true")
+    monkeypatch.setenv("OTELRES_THROTTLE_K", "1.5")
+    settings = otelres.load_settings()
+    assert settings.default.throttle == otelres.ThrottlePolicy(k=1.5)
+    assert settings.default.breaker.throttle == otelres.ThrottlePolicy(k=1.5)
+    monkeypatch.setenv("OTELRES_THROTTLE_ENABLED", "false")
+    settings = otelres.load_settings()
+    assert settings.default.breaker.throttle is None
+    assert settings.default.throttle.k == 1.5  # configured, checked, off
+
+
+def test_a_bad_throttle_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTELRES_THROTTLE_MAX_REJECTION", "2")
+    with pytest.raises(otelres.ConfigError) as info:
+        otelres.load_settings()
+    assert info.value.key == "OTELRES_THROTTLE_MAX_REJECTION"
+
+
+def test_a_disabled_throttle_policy_makes_no_throttle(clock: FakeClock) -> None:
+    policy = otelres.BreakerPolicy(throttle=otelres.ThrottlePolicy(enabled=False))
+    breaker = otelres.CircuitBreaker("x", policy, clock=clock)
+    assert breaker._throttle is None
+
+
+def test_the_reason_reaches_the_listeners_as_before_for_open_circuits(clock: FakeClock) -> None:
+    res = otelres.Resilience("open", clock=clock)
+    res.breaker.transition_to("forced_open")
+    seen: list[otelres.Event] = []
+
+    class Keep(otelres.Listener):
+        def on_event(self, event: otelres.Event) -> None:
+            seen.append(event)
+
+    listener = Keep()
+    otelres.add_listener(listener)
+    try:
+        with pytest.raises(otelres.CircuitOpenError):
+            res.call(lambda: None)
+    finally:
+        otelres.remove_listener(listener)
+    assert [(e.kind, e.reason) for e in seen] == [("rejected", "circuit_open")]
+    assert _events.listeners == ()
