@@ -6,6 +6,9 @@ Clients (see benchmarks/README.md, "Client calls", for the method and the choice
 2. httpx         ``Client.get``, the same server
 3. httpx async   ``await AsyncClient.get``, the same server, N awaits per run on one event loop
 4. psycopg       ``conn.execute("SELECT 1").fetchone()`` on a PostgreSQL started for the run
+5. asyncpg       ``await conn.fetchval("SELECT 1")``, the same PostgreSQL, N awaits per run on the
+                 same event loop as httpx async
+6. redis         ``client.get("k")`` (redis-py's sync client) on a redis-server started for the run
 
 Each client is measured in three configurations, interleaved (every round runs
 each configuration once, in a shuffled order):
@@ -17,14 +20,35 @@ each configuration once, in a shuffled order):
 - OpenTelemetry + otelres: the same, plus otelres's integration of the library,
   its telemetry on through the same providers.
 
+Every span exported during a configuration's runs is counted: the spans/call
+column, and in the summary otelres's spans/call and whether it exported exactly
+as many spans per call as OpenTelemetry alone (``1 span``: the goal is
+OpenTelemetry's CLIENT span alone for a successful single-attempt call), beside
+the time ratio (goal <= 1.05).
+
 Instrumenting is global to the process, so a configuration is switched on just
 before each of its runs and off just after, outside the timing
 (``Contender.before_round`` / ``after_round``); each configuration keeps its
 own client objects (session, client, connection), made while it was on. The
 HTTP server runs in a subprocess (this file with ``--serve-http``), so that its
 work does not take the client's GIL; PostgreSQL is started with initdb/pg_ctl
-in a temporary directory (as the ``postgres`` user when run as root) and
-stopped at the end.
+in a temporary directory (as the ``postgres`` user when run as root), and
+redis-server on a free loopback port in a temporary directory (``--save ''
+--appendonly no``), each only when a client needing it runs, and stopped at
+the end.
+
+Memory (``--memory``; on in a full run without ``--only``, off in a ``--quick``
+one unless asked for, and on with ``--only`` naming ``memory``): after the
+timing rounds, for each client, OpenTelemetry alone and OpenTelemetry + otelres,
+each on new client objects: a warm-up (2,000 calls; ``--quick`` 500),
+``tracemalloc`` on for its last 500 (``--quick`` 100: tracing makes a call ~3x
+slower), the span processor flushed, ``gc.collect()``, a snapshot, N more calls
+(5,000; ``--quick`` 1,000), the span processor flushed (its queue drained: what
+the SDK holds before export is not otelres's), ``gc.collect()``, a second
+snapshot: the net bytes the calls left allocated, per call (goal: otelres adds
+0 to OpenTelemetry alone's), and the allocation site that grew the most.
+``--only memory`` measures the memory of every client and times none;
+``--only redis,memory`` times redis and measures its memory.
 """
 
 from __future__ import annotations
@@ -34,6 +58,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import gc
 import importlib
 import operator
 import os
@@ -48,6 +73,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +98,8 @@ if TYPE_CHECKING:
 requests = h.optional_import("requests")
 httpx = h.optional_import("httpx")
 psycopg = h.optional_import("psycopg")
+asyncpg = h.optional_import("asyncpg")
+redis = h.optional_import("redis")
 uvicorn = h.optional_import("uvicorn")
 
 Contender = h.Contender
@@ -95,11 +123,20 @@ DISTS = (
     "requests",
     "httpx",
     "psycopg",
+    "asyncpg",
+    "redis",
     "opentelemetry-sdk",
     "opentelemetry-instrumentation-requests",
     "opentelemetry-instrumentation-httpx",
     "opentelemetry-instrumentation-psycopg",
+    "opentelemetry-instrumentation-asyncpg",
+    "opentelemetry-instrumentation-redis",
 )
+
+#: The client paths, in the order they run (``--only`` names them, and ``memory``).
+CLIENTS = ("requests", "httpx", "httpx-async", "psycopg", "asyncpg", "redis")
+ASYNC_CLIENTS = {"httpx-async", "asyncpg"}
+REDIS_KEY, REDIS_VALUE = "k", b"v"
 
 
 # -- the HTTP server (a subprocess: this file with --serve-http KIND) -----------------------------
@@ -256,6 +293,11 @@ class PgServer:
     def dsn(self) -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
 
+    @property
+    def url(self) -> str:
+        """The same, as asyncpg takes it."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
     def _run(self, tool: str, *args: str) -> None:
         as_user: dict[str, Any] = {}
         if self.user is not None:
@@ -296,6 +338,66 @@ class PgServer:
                 with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                     self._run("pg_ctl", "stop", "-D", str(self.data), "-w", "-m", "immediate")
             self.running = False
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- redis-server ----------------------------------------------------------------------------------
+
+REDIS_START_TIMEOUT = 10.0
+
+
+class RedisServer:
+    """A redis-server on a free port on 127.0.0.1, in a temporary directory, nothing written to disk
+    (``--save '' --appendonly no``), as tests/store/store_servers.py starts one.
+    """
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="otelres-bench-redis-"))
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> str:
+        """Start it and wait until it accepts connections; put the key the calls read. Its version."""
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root)]
+        command += ["--save", "", "--appendonly", "no"]
+        self.proc = proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        watchdog = threading.Timer(REDIS_START_TIMEOUT, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            lines: list[str] = []
+            for line in proc.stdout:
+                lines.append(line)
+                if "Ready to accept connections" in line:
+                    break
+            else:
+                raise RuntimeError(f"redis-server did not start: {''.join(lines).strip()[-300:]}")
+        finally:
+            watchdog.cancel()
+        # Keep reading its log so that the pipe never fills up.
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        assert redis is not None
+        # A plain client, made and used while no configuration is on.
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            client.set(REDIS_KEY, REDIS_VALUE)
+            return str(client.info("server")["redis_version"])
+        finally:
+            client.close()
+
+    def destroy(self) -> None:
+        """Stop the server (if it runs) and remove its directory."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(REDIS_START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -453,13 +555,16 @@ class ClientPath:
         self.key = key
         self.title = title
         self.sdk = sdk
+        self.opener = opener
         self.rows: list[Row] = []
         self.closers: list[Callable[[], Any]] = []
         _, ours_path, theirs_path = INTEGRATIONS[entry]
-        theirs = load(theirs_path)
-        ours = load(ours_path)
+        self.theirs = theirs = load(theirs_path)
+        self.ours = ours = load(ours_path)
         for config in CONFIGS:
             note = missing
+            if not note and opener is None:
+                note = "not installed: the client library"
             if not note and config != PLAIN and theirs is None:
                 note = f"not installed: {theirs_path.partition(':')[0]}"
             if not note and config == OTELRES and ours is None:
@@ -602,6 +707,38 @@ def psycopg_opener(dsn: str) -> Callable[[], Any]:
     return opener
 
 
+def asyncpg_opener(url: str, event_loop: asyncio.AbstractEventLoop) -> Callable[[], Any]:
+    def opener() -> tuple[Callable[[int], Any], Callable[[], Any], Callable[[], Any]]:
+        assert asyncpg is not None
+        # Outside a transaction: each SELECT 1 is a statement of its own.
+        conn = event_loop.run_until_complete(asyncpg.connect(url))
+
+        def check() -> None:
+            if event_loop.run_until_complete(conn.fetchval(SQL)) != 1:
+                raise AssertionError("SELECT 1 did not return 1")
+
+        def close() -> None:
+            event_loop.run_until_complete(conn.close())
+
+        return aloop(event_loop, functools.partial(conn.fetchval, SQL)), check, close
+
+    return opener
+
+
+def redis_opener(port: int) -> Callable[[], Any]:
+    def opener() -> tuple[Callable[[int], Any], Callable[[], Any], Callable[[], Any]]:
+        assert redis is not None
+        client = redis.Redis(host="127.0.0.1", port=port)
+
+        def check() -> None:
+            if (value := client.get(REDIS_KEY)) != REDIS_VALUE:
+                raise AssertionError(f"GET {REDIS_KEY} returned {value!r}")
+
+        return loop(functools.partial(client.get, REDIS_KEY)), check, client.close
+
+    return opener
+
+
 # -- report -------------------------------------------------------------------------------------------
 
 
@@ -639,6 +776,15 @@ def within_rounds(a: Contender, b: Contender, op: Callable[[float, float], float
     return statistics.median(op(x, y) for x, y in zip(a.samples, b.samples, strict=True))
 
 
+def same_spans(otel: Row, ours: Row) -> bool | None:
+    """Whether otelres's configuration exported exactly as many spans per call as OpenTelemetry
+    alone (compared exactly, in whole spans); None when either made no calls.
+    """
+    if not (otel.calls and ours.calls):
+        return None
+    return ours.spans * otel.calls == otel.spans * ours.calls
+
+
 def summary_rows(paths: list[ClientPath]) -> list[list[str]]:
     rows = []
     for path in paths:
@@ -646,10 +792,12 @@ def summary_rows(paths: list[ClientPath]) -> list[list[str]]:
         if not (otel.samples and ours.samples):
             why = ours.note or otel.note or "not run"
             cells = [us(c.median) if c.samples else "n/a" for c in (plain, otel, ours)]
-            rows.append([path.title, *cells, "", "", why, "", "", ""])
+            rows.append([path.title, *cells, "", "", why, "", "", "", "", ""])
             continue
         ratio = ours.median / otel.median
         otel_adds = within_rounds(otel, plain, operator.sub) if plain.samples else None
+        per_call = path.row(OTELRES).spans_per_call
+        same = same_spans(path.row(OTEL), path.row(OTELRES))
         rows.append(
             [
                 path.title,
@@ -661,14 +809,18 @@ def summary_rows(paths: list[ClientPath]) -> list[list[str]]:
                 f"{ratio:.3f}",
                 f"{within_rounds(ours, otel, operator.truediv):.3f}",
                 f"{ours.best / otel.best:.3f}",
+                "-" if per_call is None else f"{per_call:.2f}",
                 "yes" if ratio <= GOAL else "**NO**",
+                "-" if same is None else "yes" if same else "**NO**",
             ]
         )
     return rows
 
 
 def problems(paths: list[ClientPath], sdk: Sdk) -> list[str]:
-    """What the calls made, against what each configuration must make."""
+    """What the calls made, against what each configuration must make (whether otelres adds a
+    span of its own is the summary's ``1 span`` column, not a problem of the run).
+    """
     found = []
     otelres_calls = 0
     for path in paths:
@@ -676,20 +828,190 @@ def problems(paths: list[ClientPath], sdk: Sdk) -> list[str]:
             per_call = row.spans_per_call
             if per_call is None:
                 continue
+            made = f"{path.title}, {row.config}: {row.spans:,} spans for {row.calls:,} calls"
             if row.config == PLAIN and row.spans:
                 found.append(f"{path.title}, {row.config}: {row.spans:,} spans (none expected)")
             if row.config == OTEL and row.spans != row.calls:
-                found.append(f"{path.title}, {row.config}: {row.spans:,} spans for {row.calls:,} calls")
+                found.append(made)
             if row.config == OTELRES:
                 otelres_calls += row.calls + row.opening_calls
-                # An INTERNAL span per call and the attempt's CLIENT span (psycopg: unknown yet).
-                wanted = 2 * row.calls if path.key != "psycopg" else None
-                if (wanted is not None and row.spans != wanted) or row.spans <= row.calls:
-                    found.append(f"{path.title}, {row.config}: {row.spans:,} spans for {row.calls:,} calls")
+                # At least OpenTelemetry's CLIENT span for every call, and the same spans for
+                # every call (none was retried).
+                if row.spans < row.calls:
+                    found.append(f"{made} (fewer spans than calls: CLIENT spans missing)")
+                elif row.spans % row.calls:
+                    found.append(f"{made} (not a whole number of spans per call: a retry, or a stray span)")
     recorded = sdk.otelres_calls()
     if recorded != otelres_calls:
         found.append(f"otelres.calls counted {recorded:,}, otelres made {otelres_calls:,} calls")
     return found
+
+
+# -- memory retained per call -------------------------------------------------------------------------
+
+#: Frames kept per traced allocation (``--memory-frames``): tracemalloc's cost grows with them (an
+#: HTTP call here is ~3x slower traced with 1 frame, ~10x with 4); the sums do not depend on them.
+FRAMES = 1
+
+
+@dataclasses.dataclass
+class Retained:
+    """What one configuration of one client kept of the memory its calls allocated."""
+
+    title: str
+    config: str
+    calls: int = 0
+    #: Net bytes and blocks still held, allocated during the measured calls.
+    size: int = 0
+    blocks: int = 0
+    spans: int = 0
+    top: str = ""
+    note: str = ""
+
+    @property
+    def per_call(self) -> float | None:
+        return self.size / self.calls if self.calls else None
+
+
+def short_path(filename: str) -> str:
+    """A source file's path from its package on: no machine path in the output."""
+    path = Path(filename)
+    parts = path.parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            return "/".join(parts[len(parts) - parts[::-1].index(marker) :])
+    with contextlib.suppress(ValueError, OSError):
+        return path.resolve().relative_to(Path(__file__).resolve().parent.parent).as_posix()
+    for index in range(len(parts) - 1, -1, -1):  # the standard library: from lib/python3.X on
+        if parts[index].startswith("python3"):
+            return "/".join(parts[index + 1 :])
+    return path.name
+
+
+def describe_site(stat: tracemalloc.StatisticDiff) -> str:
+    """The allocating line of the traceback holding the most, and otelres's innermost frame in it."""
+    frames = list(stat.traceback)  # oldest first
+    if not frames:
+        return "?"
+    line = f"{short_path(frames[-1].filename)}:{frames[-1].lineno}"
+    ours = next((f for f in reversed(frames) if short_path(f.filename).startswith("otelres/")), None)
+    via = (
+        f" via {short_path(ours.filename)}:{ours.lineno}"
+        if ours is not None and ours is not frames[-1]
+        else ""
+    )
+    return f"{line}{via} ({stat.size_diff:+,} B in {stat.count_diff:+,} blocks)"
+
+
+def measure_retained(path: ClientPath, config: str, sdk: Sdk, args: argparse.Namespace) -> Retained:
+    """``args.memory_calls`` calls of ``path`` under ``config`` after a warm-up, on client objects
+    of their own: the net memory they left allocated once the spans are exported and the garbage
+    collected.
+
+    tracemalloc starts for the warm-up's last ``args.memory_settle`` calls: what those hold at the
+    first snapshot and the measured calls free (a bounded cache's entries replaced, a buffer
+    reallocated) counts as freed, so that a structure that stays the same size nets out.
+    """
+    result = Retained(path.title, config)
+    row = path.row(config)
+    if path.opener is None or row.contender.note:
+        result.note = row.contender.note or "not run"
+        return result
+    n, warmup, settle = args.memory_calls, args.memory_warmup, args.memory_settle
+    switch = Switch(config, path.theirs, path.ours, sdk)
+    switch.on()
+    close: Callable[[], Any] | None = None
+    try:
+        run, check, close = path.opener()
+        check()
+        run(warmup - settle)
+        tracemalloc.start(args.memory_frames)
+        try:
+            run(settle)
+            # The SDK's queue drained, the garbage gone: the heap the calls start from.
+            sdk.tracer_provider.force_flush()
+            gc.collect()
+            before = tracemalloc.take_snapshot()
+            exported = sdk.sink.exported
+            run(n)
+            sdk.tracer_provider.force_flush()
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        result.calls = n
+        result.spans = sdk.sink.exported - exported
+    except Exception as exc:
+        result.note = f"failed: {type(exc).__name__}: {exc}"[:200]
+        return result
+    finally:
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+        switch.off()
+    mine = (tracemalloc.Filter(inclusive=False, filename_pattern=tracemalloc.__file__),)
+    stats = after.filter_traces(mine).compare_to(before.filter_traces(mine), "traceback")
+    result.size = sum(stat.size_diff for stat in stats)
+    result.blocks = sum(stat.count_diff for stat in stats)
+    top = max(stats, key=lambda stat: stat.size_diff, default=None)
+    if result.size > 0 and top is not None and top.size_diff > 0:
+        result.top = describe_site(top)
+    return result
+
+
+def memory_goal(ours: Retained, reference: Retained | None) -> str:
+    """Met when otelres adds less than a byte a call to what OpenTelemetry alone retains (to
+    nothing, when that could not be measured): anything kept for each call is at least one object
+    (16 bytes or more), while a one-off (a cache filled, a dict resized) spread over the calls comes
+    to less.
+    """
+    per_call = ours.per_call
+    if per_call is None:
+        return ""
+    if reference is not None and reference.per_call is not None:
+        per_call -= reference.per_call
+    return "yes" if per_call < 1 else "**NO**"
+
+
+def memory_table(results: list[Retained]) -> str:
+    rows = []
+    reference: dict[str, Retained] = {}
+    for r in results:
+        if r.per_call is None:
+            rows.append([r.title, r.config, r.note or "not run", "", "", "", "", "", "", ""])
+            continue
+        if r.config == OTEL:
+            reference[r.title] = r
+        ref = reference.get(r.title) if r.config == OTELRES else None
+        adds = "" if ref is None or ref.per_call is None else f"{r.per_call - ref.per_call:+,.1f}"
+        goal = memory_goal(r, ref) if r.config == OTELRES else "(reference)"
+        rows.append(
+            [
+                r.title,
+                r.config,
+                f"{r.calls:,}",
+                f"{r.size:+,}",
+                f"{r.blocks:+,}",
+                f"{r.per_call:,.1f}",
+                adds,
+                f"{r.spans / r.calls:.2f}",
+                r.top or "-",
+                goal,
+            ]
+        )
+    header = [
+        "client",
+        "configuration",
+        "calls",
+        "retained B",
+        "blocks",
+        "B/call",
+        "otelres adds B/call",
+        "spans/call",
+        "top allocation site (by traceback)",
+        "goal 0 B",
+    ]
+    return h.table(header, rows)
 
 
 # -- main -----------------------------------------------------------------------------------------------
@@ -697,21 +1019,45 @@ def problems(paths: list[ClientPath], sdk: Sdk) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="a ~15 s smoke run (fewer, shorter rounds)")
+    parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run (fewer, shorter rounds)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per client (default 31; quick 5)")
     parser.add_argument("--target-ms", type=float, help="time per run (default 150; quick 40)")
     parser.add_argument("--seed", type=int, default=20240601, help="seed of the shuffles")
     parser.add_argument("--server", choices=SERVERS, default="asyncio", help="HTTP server (default asyncio)")
-    parser.add_argument("--only", default="", help="comma-separated: requests,httpx,httpx-async,psycopg")
+    parser.add_argument("--only", default="", help=f"comma-separated: {','.join(CLIENTS)},memory")
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        help="the memory retained per call, after the timing (default: on in a full run without --only)",
+    )
+    parser.add_argument(
+        "--memory-calls", type=int, help="measured calls per memory row (default 5,000; quick 1,000)"
+    )
+    parser.add_argument(
+        "--memory-frames",
+        type=int,
+        default=FRAMES,
+        help=f"frames per traced allocation (default {FRAMES}; more show where from, much slower)",
+    )
     parser.add_argument("--serve-http", choices=SERVERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (5 if args.quick else 31)
     args.target = (args.target_ms or (40.0 if args.quick else 150.0)) / 1000
     args.only = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = args.only - {*CLIENTS, "memory"}
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))} (known: {', '.join(CLIENTS)}, memory)")
+    if args.memory is None:  # tracemalloc makes the calls ~3x slower: not part of a quick run
+        args.memory = "memory" in args.only or not (args.only or args.quick)
+    args.memory_calls = args.memory_calls or (1000 if args.quick else 5000)
+    # tracemalloc makes a call ~3x slower: it is on for the warm-up's last calls only.
+    args.memory_warmup, args.memory_settle = (500, 100) if args.quick else (2000, 500)
+    if args.memory_frames < 1:
+        parser.error("--memory-frames: at least 1")
     return args
 
 
-def print_header(args: argparse.Namespace, pg_version: str) -> None:
+def print_header(args: argparse.Namespace, pg_version: str, redis_version: str) -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print("## otelres on real client calls\n")
     print(
@@ -726,38 +1072,178 @@ def print_header(args: argparse.Namespace, pg_version: str) -> None:
     }[args.server]
     print(
         f"- HTTP: {server} in a subprocess on 127.0.0.1, keep-alive, a {len(BODY)}-byte 200 response; "
-        f"PostgreSQL: {pg_version}"
+        f"PostgreSQL: {pg_version}; Redis: {redis_version}"
     )
     print(
         f"- {'quick' if args.quick else 'full'} run: {args.rounds} interleaved rounds x "
         f"~{args.target * 1000:g} ms per configuration; figures are medians of the rounds; IQR is the "
         f"rounds' interquartile range over the median; seed {args.seed}"
     )
+    if args.memory:
+        print(
+            f"- memory: {args.memory_warmup:,} calls of warm-up, then {args.memory_calls:,} calls traced "
+            f"by tracemalloc ({args.memory_frames} frame(s)) per configuration"
+        )
     load_avg = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"- load average at start: {load_avg}")
+
+
+def postgres_version(server: PgServer) -> str:
+    if psycopg is not None:
+        with psycopg.connect(server.dsn) as conn:
+            return str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    assert asyncpg is not None
+
+    async def ask() -> str:
+        conn = await asyncpg.connect(server.url)
+        try:
+            return str(await conn.fetchval("SHOW server_version"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(ask())
 
 
 def start_postgres(wanted: bool) -> tuple[PgServer | None, str]:
     """The running server and its description, or None and why not."""
     if not wanted:
         return None, "not run"
-    if psycopg is None:
-        return None, "not installed: psycopg"
+    if psycopg is None and asyncpg is None:
+        return None, "not installed: psycopg, asyncpg"
     bin_dir = pg_bin_dir()
     if bin_dir is None:
         return None, "not found (initdb, pg_ctl)"
     server = PgServer(bin_dir)
     try:
         server.start()
-        with psycopg.connect(server.dsn) as conn:
-            version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
-    except (RuntimeError, OSError, subprocess.TimeoutExpired, psycopg.Error) as exc:
+        version = postgres_version(server).split()[0]
+    except Exception as exc:
         server.destroy()
         return None, f"setup failed: {exc}"
     except BaseException:
         server.destroy()
         raise
     return server, f"{version} (initdb + pg_ctl, temporary cluster, trust auth, TCP on 127.0.0.1)"
+
+
+def start_redis(wanted: bool) -> tuple[RedisServer | None, str]:
+    """The running redis-server and its description, or None and why not."""
+    if not wanted:
+        return None, "not run"
+    if redis is None:
+        return None, "not installed: redis"
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, "redis-server not found (apt-get install redis-server)"
+    server = RedisServer(binary)
+    try:
+        version = server.start()
+    except Exception as exc:
+        server.destroy()
+        return None, f"redis-server setup failed: {exc}"
+    except BaseException:
+        server.destroy()
+        raise
+    return server, f"redis-server {version} (temporary directory, no persistence, TCP on 127.0.0.1)"
+
+
+def make_paths(
+    keys: list[str],
+    sdk: Sdk,
+    url: str,
+    event_loop: asyncio.AbstractEventLoop,
+    pg: tuple[PgServer | None, str],
+    rd: tuple[RedisServer | None, str],
+) -> list[ClientPath]:
+    """The client paths of ``keys``, in the order of :data:`CLIENTS`."""
+    pg_server, pg_version = pg
+    redis_server, redis_version = rd
+    pg_missing = "" if pg_server is not None else f"PostgreSQL {pg_version}"
+    paths = []
+    for key in (k for k in CLIENTS if k in keys):
+        opener: Callable[[], Any] | None = None
+        if key == "requests":
+            missing = "" if requests is not None else "not installed: requests"
+            opener = requests_opener(url) if not missing else None
+            paths.append(ClientPath(key, "requests GET", "otelres_requests", sdk, opener, missing))
+        elif key in {"httpx", "httpx-async"}:
+            missing = "" if httpx is not None else "not installed: httpx"
+            if not missing:
+                opener = httpx_opener(url) if key == "httpx" else httpx_async_opener(url, event_loop)
+            title = "httpx GET (Client)" if key == "httpx" else "httpx GET (AsyncClient)"
+            paths.append(ClientPath(key, title, "otelres_httpx", sdk, opener, missing))
+        elif key == "psycopg":
+            missing = pg_missing or ("" if psycopg is not None else "not installed: psycopg")
+            opener = psycopg_opener(pg_server.dsn) if pg_server is not None and not missing else None
+            paths.append(ClientPath(key, "psycopg SELECT 1", "otelres_psycopg", sdk, opener, missing))
+        elif key == "asyncpg":
+            missing = pg_missing or ("" if asyncpg is not None else "not installed: asyncpg")
+            if pg_server is not None and not missing:
+                opener = asyncpg_opener(pg_server.url, event_loop)
+            paths.append(
+                ClientPath(key, "asyncpg SELECT 1 (fetchval)", "otelres_asyncpg", sdk, opener, missing)
+            )
+        elif key == "redis":
+            missing = "" if redis_server is not None else redis_version
+            opener = redis_opener(redis_server.port) if redis_server is not None else None
+            paths.append(ClientPath(key, "redis GET", "otelres_redis", sdk, opener, missing))
+    return paths
+
+
+def run_timing(paths: list[ClientPath], args: argparse.Namespace, sdk: Sdk) -> None:
+    for path in paths:
+        what = "one event loop, N awaits per run" if path.key in ASYNC_CLIENTS else "N calls per run"
+        print(f"\n### {path.title}\n\n{what}; spans/call counts every span exported during the runs.\n")
+        h.measure(path.contenders, args.rounds, args.target, args.seed)
+        print(path_table(path))
+        for row in path.rows:
+            if row.contender.note and row.config == OTELRES and row.contender.run is None:
+                print(f"\n{row.contender.note}")
+    print(
+        "\n### summary\n\n'ratio' is otelres's median over OpenTelemetry alone's (what 'goal' judges); "
+        "'paired' is the median over the rounds of the ratio within each round; 'min ratio' is the "
+        "ratio of the fastest rounds; 'adds' are medians over the rounds of the difference within "
+        "each round; 'spans/call (otelres)' counts every span OpenTelemetry + otelres exported, and "
+        "'1 span' says whether that is exactly as many per call as OpenTelemetry alone exported (the "
+        "goal: OpenTelemetry's CLIENT span alone for a successful single-attempt call).\n"
+    )
+    header = [
+        "client",
+        "without µs",
+        "OTel alone µs",
+        "OTel + otelres µs",
+        "OTel adds µs",
+        "otelres adds µs",
+        "ratio",
+        "paired",
+        "min ratio",
+        "spans/call (otelres)",
+        f"goal <= {GOAL}",
+        "1 span",
+    ]
+    print(h.table(header, summary_rows(paths)))
+    for problem in problems(paths, sdk):
+        print(f"\nWARNING: {problem}")
+
+
+def run_memory(paths: list[ClientPath], args: argparse.Namespace, sdk: Sdk) -> None:
+    print(
+        "\n### memory retained per call\n\n"
+        "For each client, OpenTelemetry + otelres and (for reference) OpenTelemetry alone, on client "
+        f"objects of their own: {args.memory_warmup:,} calls of warm-up (tracemalloc on, "
+        f"{args.memory_frames} frame(s), for its last {args.memory_settle:,}), the span processor "
+        f"flushed, gc.collect(), a snapshot, {args.memory_calls:,} calls, the span processor flushed "
+        "again (its queue drained: what the SDK holds before export is not otelres's), gc.collect(), "
+        "a second snapshot. 'retained B' and 'blocks' are the net difference of the snapshots (what "
+        "the calls allocated and still hold, less what they freed of the traced warm-up's), 'B/call' "
+        "that over the calls, 'otelres adds' the difference from OpenTelemetry alone; the top "
+        "allocation site is the traceback whose blocks grew the most. 'goal 0 B' is met when otelres "
+        "adds less than 1 B a call: anything kept for each call is an object (16 B or more), while a "
+        "one-off (a cache filled, a dict resized) spread over the calls comes to less. tracemalloc "
+        "sees Python's allocators, not the C library's malloc.\n"
+    )
+    results = [measure_retained(path, config, sdk, args) for path in paths for config in (OTEL, OTELRES)]
+    print(memory_table(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -768,71 +1254,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"otelres listeners are registered ({_events.listeners!r}); nothing may be on", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    named = [k for k in CLIENTS if k in args.only]
+    timed = named if args.only else list(CLIENTS)
+    # The memory of the clients named (or of every client when none is).
+    remembered = (named or list(CLIENTS)) if args.memory else []
+    keys = [k for k in CLIENTS if k in timed or k in remembered]
 
-    def wanted(key: str) -> bool:
-        return not args.only or key in args.only
-
-    http_wanted = any(wanted(k) for k in ("requests", "httpx", "httpx-async"))
-    http = HttpServer(args.server) if http_wanted else None
-    pg: PgServer | None = None
+    http = HttpServer(args.server) if {"requests", "httpx", "httpx-async"} & set(keys) else None
+    pg: tuple[PgServer | None, str] = (None, "not run")
+    rd: tuple[RedisServer | None, str] = (None, "not run")
     sdk = Sdk.new()
+    memory_sdk = Sdk.new()
     event_loop = asyncio.new_event_loop()
     paths: list[ClientPath] = []
+    memory_paths: list[ClientPath] = []
     try:
-        pg, pg_version = start_postgres(wanted("psycopg"))
+        pg = start_postgres(bool({"psycopg", "asyncpg"} & set(keys)))
+        rd = start_redis("redis" in keys)
         url = http.ready() if http is not None else ""
-        print_header(args, pg_version)
-        if wanted("requests"):
-            opener = requests_opener(url) if requests is not None else None
-            paths.append(ClientPath("requests", "requests GET", "otelres_requests", sdk, opener))
-        if wanted("httpx"):
-            opener = httpx_opener(url) if httpx is not None else None
-            paths.append(ClientPath("httpx", "httpx GET (Client)", "otelres_httpx", sdk, opener))
-        if wanted("httpx-async"):
-            opener = httpx_async_opener(url, event_loop) if httpx is not None else None
-            paths.append(ClientPath("httpx-async", "httpx GET (AsyncClient)", "otelres_httpx", sdk, opener))
-        if wanted("psycopg"):
-            opener = psycopg_opener(pg.dsn) if pg is not None else None
-            missing = "" if pg is not None else f"PostgreSQL {pg_version}"
-            paths.append(ClientPath("psycopg", "psycopg SELECT 1", "otelres_psycopg", sdk, opener, missing))
-        for path in paths:
-            what = "one event loop, N awaits per run" if path.key == "httpx-async" else "N calls per run"
-            print(f"\n### {path.title}\n\n{what}; spans/call counts every span exported during the runs.\n")
-            h.measure(path.contenders, args.rounds, args.target, args.seed)
-            print(path_table(path))
-            for row in path.rows:
-                if row.contender.note and row.config == OTELRES and row.contender.run is None:
-                    print(f"\n{row.contender.note}")
-        print(
-            "\n### summary\n\n'ratio' is otelres's median over OpenTelemetry alone's (what 'goal' judges); "
-            "'paired' is the median over the rounds of the ratio within each round; 'min ratio' is the "
-            "ratio of the fastest rounds; 'adds' are medians over the rounds of the difference within "
-            "each round.\n"
-        )
-        header = [
-            "client",
-            "without µs",
-            "OTel alone µs",
-            "OTel + otelres µs",
-            "OTel adds µs",
-            "otelres adds µs",
-            "ratio",
-            "paired",
-            "min ratio",
-            f"goal <= {GOAL}",
-        ]
-        print(h.table(header, summary_rows(paths)))
-        for problem in problems(paths, sdk):
-            print(f"\nWARNING: {problem}")
+        print_header(args, pg[1], rd[1])
+        paths = make_paths(timed, sdk, url, event_loop, pg, rd)
+        if paths:
+            run_timing(paths, args, sdk)
+        memory_paths = make_paths(remembered, memory_sdk, url, event_loop, pg, rd)
+        if memory_paths:
+            run_memory(memory_paths, args, memory_sdk)
     finally:
-        for path in paths:
+        for path in (*paths, *memory_paths):
             path.close()
         event_loop.close()
         sdk.close()
+        memory_sdk.close()
         if http is not None:
             http.close()
-        if pg is not None:
-            pg.destroy()
+        if pg[0] is not None:
+            pg[0].destroy()
+        if rd[0] is not None:
+            rd[0].destroy()
     print(f"\ntotal run time: {time.perf_counter() - started:.1f} s")
     return 0
 
