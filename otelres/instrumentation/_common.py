@@ -9,8 +9,9 @@ import contextlib
 import contextvars
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.instrumentation import utils as _otel_utils
 from opentelemetry.trace import SpanKind
 
 from otelres._flow import current_attempt
@@ -41,6 +42,11 @@ __all__ = [
 #: OpenTelemetry's HTTP semantic conventions attribute for attempts after the first.
 RESEND_COUNT = "http.request.resend_count"
 
+#: OpenTelemetry's keys for "instrumentation suppressed": the context key, and the plain string
+#: that older instrumentations set (``is_instrumentation_enabled()`` honours both).
+_SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
+_SUPPRESS_KEY_PLAIN = getattr(_otel_utils, "_SUPPRESS_INSTRUMENTATION_KEY_PLAIN", "suppress_instrumentation")
+
 #: Set while an otelres-wrapped client call runs: an inner patched call passes through.
 inside: contextvars.ContextVar[bool] = contextvars.ContextVar("otelres_inside", default=False)
 
@@ -48,8 +54,16 @@ inside: contextvars.ContextVar[bool] = contextvars.ContextVar("otelres_inside", 
 def should_wrap() -> bool:
     """False for the exporters' own traffic (instrumentation suppressed) and for a
     call already under a patched outer call (it must not be retried twice).
+
+    OpenTelemetry's ``is_instrumentation_enabled()`` reads its two suppression keys
+    (the context key and the plain-string one of older instrumentations) in two
+    calls of its own each; this reads them from the current context at once: this
+    runs before every patched call.
     """
-    return not inside.get() and is_instrumentation_enabled()
+    if inside.get():
+        return False
+    current = otel_context.get_current()
+    return not (current.get(_SUPPRESS_KEY) or current.get(_SUPPRESS_KEY_PLAIN))
 
 
 def mark_resend() -> None:
@@ -110,14 +124,12 @@ def call_inside(
     retried, if so); patched calls it makes below pass through, and ``also`` (a
     flag of the integration's) is True while it runs.
     """
-    if also is not None:
-        with passing_through(also):
-            return run(guard, wrapped, args, kwargs, reason)
-    token = inside.set(True)  # not passing_through(): a generator's cost on every call
+    # Not passing_through(): a generator context manager's cost on every call.
+    tokens = _enter(also)
     try:
         return run(guard, wrapped, args, kwargs, reason)
     finally:
-        inside.reset(token)
+        _leave(also, tokens)
 
 
 async def acall_inside(
@@ -130,14 +142,11 @@ async def acall_inside(
     also: contextvars.ContextVar[bool] | None = None,
 ) -> Any:
     """The async :func:`call_inside`."""
-    if also is not None:
-        with passing_through(also):
-            return await arun(guard, wrapped, args, kwargs, reason)
-    token = inside.set(True)
+    tokens = _enter(also)
     try:
         return await arun(guard, wrapped, args, kwargs, reason)
     finally:
-        inside.reset(token)
+        _leave(also, tokens)
 
 
 def marking_resend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
