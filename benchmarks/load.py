@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -205,8 +206,9 @@ class Process:
         self.name = name
         self.url = f"http://127.0.0.1:{port}"
         full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+        # Its own process group: close() ends the server's workers with it.
         self.proc = subprocess.Popen(
-            [sys.executable, *argv], env=full_env, stdin=subprocess.DEVNULL, cwd=HERE
+            [sys.executable, *argv], env=full_env, stdin=subprocess.DEVNULL, cwd=HERE, start_new_session=True
         )
 
     def stats(self) -> dict[str, Any]:
@@ -228,13 +230,13 @@ class Process:
         raise RuntimeError(f"{self.name} did not answer within {timeout:g} s")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """End the server and its workers now: a server still serving the requests of a run
+        without a limit would take the CPU from the next run.
+        """
+        group = self.proc.pid  # the group this process leads (start_new_session)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        self.proc.wait(10)
 
 
 def uvicorn_argv(factory: str, port: int) -> list[str]:
@@ -278,6 +280,8 @@ class Results:
         self.statuses: list[int] = []
         self.latencies: list[float] = []
         self.ends: list[float] = []
+        #: How late each request was sent after its arrival (the generator's own lag).
+        self.lags: list[float] = []
         self.overflow = 0
 
     def ok(self) -> list[float]:
@@ -311,6 +315,7 @@ async def _drive(url: str, rate: float, duration: float, timeout: float, seed: i
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(client: httpx.AsyncClient, due: float) -> None:
+        results.lags.append(loop.time() - due)
         status = 0
         with contextlib.suppress(httpx.HTTPError, OSError, asyncio.TimeoutError):
             # httpx's timeout bounds each step (connect, pool, read); the client's is the whole.
@@ -451,130 +456,139 @@ def print_header(args: argparse.Namespace) -> None:
 def run_one(
     server: str,
     config: str,
-    upstream: Process,
     args: argparse.Namespace,
     rate: float,
     duration: float,
     *,
     warmup: float = 1.0,
     warmup_rate: float | None = None,
-) -> tuple[Results, list[int], dict[str, Any]]:
-    """Start the server, drive it at ``warmup_rate`` for ``warmup`` s (not measured), then at
-    ``rate`` for ``duration`` s; its results, the limit read every second, its last stats.
+) -> tuple[Results, list[int], dict[str, Any], float]:
+    """Start a fresh upstream and the server, drive it at ``warmup_rate`` for ``warmup`` s (not
+    measured), then at ``rate`` for ``duration`` s: its results, the limit read every second, the
+    server's last stats, and the requests per second the upstream served meanwhile.
+
+    Each run has its own upstream: one left behind by a run without a limit is still serving,
+    for minutes, the requests whose clients gave up.
     """
-    process = start_server(server, config, upstream.url, args)
+    upstream = start_upstream(args)
     try:
-        process.wait_ready()
-        if warmup_rate is None:
-            warmup_rate = max(1.0, 0.05 * args.capacity)
-        drive(process.url, warmup_rate, warmup, args.timeout, args.seed + 1)
-        with sampling_limit(process, 1.0) as limits:
-            results = drive(process.url, rate, duration, args.timeout, args.seed)
-        stats: dict[str, Any] = {}
-        with contextlib.suppress(OSError, ValueError):  # a server still drowning in requests
-            stats = process.stats()
+        upstream.wait_ready()
+        process = start_server(server, config, upstream.url, args)
+        try:
+            process.wait_ready()
+            if warmup_rate is None:
+                warmup_rate = max(1.0, 0.05 * args.capacity)
+            drive(process.url, warmup_rate, warmup, args.timeout, args.seed + 1)
+            before = upstream.stats()["served"]
+            with sampling_limit(process, 1.0) as limits:
+                results = drive(process.url, rate, duration, args.timeout, args.seed)
+            served = (upstream.stats()["served"] - before) / duration
+            stats: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):  # a server still drowning in requests
+                stats = process.stats()
+        finally:
+            process.close()
     finally:
-        process.close()
-    return results, limits, stats
+        upstream.close()
+    return results, limits, stats, served
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    upstream = start_upstream(args)
     rows: list[list[str]] = []
     summary: list[list[str]] = []
-    try:
-        upstream.wait_ready()
-        print_header(args)
-        for server in args.servers:
-            unloaded, _, _ = run_one(server, "adaptive", upstream, args, 0.1 * args.capacity, args.unloaded)
-            base_p99 = percentile(unloaded.ok(), 0.99)
+    print_header(args)
+    for server in args.servers:
+        unloaded, _, _, _ = run_one(server, "adaptive", args, 0.1 * args.capacity, args.unloaded)
+        base_p99 = percentile(unloaded.ok(), 0.99)
+        rows.append(
+            [
+                server,
+                "unloaded",
+                f"{0.1 * args.capacity:,.0f}",
+                f"{unloaded.goodput(args.unloaded):,.0f}",
+                "-",
+                "-",
+                "0%",
+                f"{(len(unloaded.statuses) - unloaded.count(200)) / max(1, len(unloaded.statuses)):.0%}",
+                ms(percentile(unloaded.ok(), 0.5)),
+                ms(base_p99),
+                "1.00x",
+                "-",
+                ms(percentile(unloaded.lags, 0.99)),
+            ]
+        )
+        for config in CONFIGS:
+            rate = args.overload * args.capacity
+            results, limits, stats, served = run_one(
+                server,
+                config,
+                args,
+                rate,
+                args.duration,
+                warmup=args.warmup,
+                warmup_rate=args.warmup_load * args.capacity,
+            )
+            sent = len(results.statuses) + results.overflow
+            ok = results.ok()
+            goodput = results.goodput(args.duration)
+            shed = results.count(503) / max(1, sent)
+            gave_up = (sent - results.count(200) - results.count(503)) / max(1, sent)
+            p99 = percentile(ok, 0.99)
+            limit_text = f"{min(limits)} / {statistics.median(limits):.0f} / {max(limits)}" if limits else "-"
             rows.append(
                 [
                     server,
-                    "unloaded",
-                    f"{0.1 * args.capacity:,.0f}",
-                    f"{unloaded.goodput(args.unloaded):,.0f}",
-                    "-",
-                    "0%",
-                    f"{(len(unloaded.statuses) - unloaded.count(200)) / max(1, len(unloaded.statuses)):.0%}",
-                    ms(percentile(unloaded.ok(), 0.5)),
-                    ms(base_p99),
-                    "1.00x",
-                    "-",
+                    LABELS[config],
+                    f"{sent / args.duration:,.0f}",
+                    f"{goodput:,.0f}",
+                    f"{goodput / args.capacity:.0%}",
+                    f"{served:,.0f}",
+                    f"{shed:.0%}",
+                    f"{gave_up:.0%}",
+                    ms(percentile(ok, 0.5)),
+                    ms(p99),
+                    f"{p99 / base_p99:.2f}x",
+                    limit_text,
+                    ms(percentile(results.lags, 0.99)),
                 ]
             )
-            for config in CONFIGS:
-                rate = args.overload * args.capacity
-                results, limits, stats = run_one(
-                    server,
-                    config,
-                    upstream,
-                    args,
-                    rate,
-                    args.duration,
-                    warmup=args.warmup,
-                    warmup_rate=args.warmup_load * args.capacity,
-                )
-                sent = len(results.statuses) + results.overflow
-                ok = results.ok()
-                goodput = results.goodput(args.duration)
-                shed = results.count(503) / max(1, sent)
-                gave_up = (sent - results.count(200) - results.count(503)) / max(1, sent)
-                p99 = percentile(ok, 0.99)
-                limit_text = (
-                    f"{min(limits)} / {statistics.median(limits):.0f} / {max(limits)}" if limits else "-"
-                )
-                rows.append(
+            if config == "adaptive":
+                latency_ok = p99 <= 2 * base_p99
+                goodput_ok = goodput >= 0.9 * args.capacity
+                summary.append(
                     [
                         server,
-                        LABELS[config],
-                        f"{sent / args.duration:,.0f}",
-                        f"{goodput:,.0f}",
-                        f"{goodput / args.capacity:.0%}",
-                        f"{shed:.0%}",
-                        f"{gave_up:.0%}",
-                        ms(percentile(ok, 0.5)),
-                        ms(p99),
                         f"{p99 / base_p99:.2f}x",
-                        limit_text,
+                        "yes" if latency_ok else "**NO**",
+                        f"{goodput / args.capacity:.0%}",
+                        "yes" if goodput_ok else "**NO**",
+                        json.dumps(stats.get("shed", {}), sort_keys=True),
                     ]
                 )
-                if config == "adaptive":
-                    latency_ok = p99 <= 2 * base_p99
-                    goodput_ok = goodput >= 0.9 * args.capacity
-                    summary.append(
-                        [
-                            server,
-                            f"{p99 / base_p99:.2f}x",
-                            "yes" if latency_ok else "**NO**",
-                            f"{goodput / args.capacity:.0%}",
-                            "yes" if goodput_ok else "**NO**",
-                            json.dumps(stats.get("shed", {}), sort_keys=True),
-                        ]
-                    )
-    finally:
-        upstream.close()
     header = [
         "server",
         "configuration",
         "offered req/s",
         "200 req/s",
         "of capacity",
+        "upstream served req/s",
         "shed (503)",
         "gave up / failed",
         "p50 ms",
         "p99 ms",
         "p99 / unloaded",
         "limit min / median / max",
+        "generator lag p99 ms",
     ]
     print("\n### runs\n")
     print(
         "'200 req/s' is goodput: requests answered 200 within the client's timeout, per second of "
         "the run; latencies are those of the admitted (200) requests; 'gave up / failed' are "
         "requests the client abandoned at its timeout (or whose connection failed), or could not "
-        "send (more outstanding than rate x timeout).\n"
+        "send (more outstanding than rate x timeout); 'generator lag' is how late the load generator "
+        "sent a request after its arrival time (high: the generator itself was starved of CPU).\n"
     )
     print(h.table(header, rows))
     print("\n### goals (with the limit)\n")
