@@ -9,7 +9,7 @@ in flight and sheds the rest at once, which keeps the admitted ones fast.
 - :class:`AdaptiveLimit`: Netflix concurrency-limits' Gradient2, which finds the limit from the
   latency it measures: while the recent round-trip time stays within ``rtt_tolerance`` times its
   long-term average, the limit grows by a small queue allowance; when it rises past that, the
-  limit shrinks in proportion (at most by half a step), smoothed.
+  limit shrinks in proportion, smoothed (by at most 10 % a window with the defaults).
 
 Both are decisions without I/O, on an injectable :class:`~otelres.Clock`, safe under any number
 of threads (one short lock, never held across user code) and across ``fork()``: a forked child
