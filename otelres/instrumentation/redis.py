@@ -41,9 +41,9 @@ retries are untouched.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import copy
+import functools
 import inspect
 import os
 import weakref
@@ -58,11 +58,18 @@ from ._rejections import module_getattr
 from ._stores import store_profile
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
 
-    #: The Resilience of a call's server, why it must not be retried, and whether
+    from otelres._config import Settings
+    from otelres._flow import Guard
+    from otelres._registry import Registry
+
+    #: The guard of a call's server, why it must not be retried, and whether
     #: redis-py's retry loop makes one attempt.
-    _Plan = tuple[Any, str | None, bool]
+    _Plan = tuple[Guard, str | None, bool]
+    #: A redis-py Retry (weakly), a copy of its attributes (None: not kept), and a copy
+    #: of it that makes no retries (None: it makes none anyway).
+    _Once = tuple[Callable[[], Any], dict[str, Any] | None, Any]
 
 __all__ = ["READ_COMMANDS", "RedisInstrumentor", "breaker_name"]
 
@@ -194,87 +201,162 @@ def _client_retries(pool: Any, client_class: type) -> bool:
     return bool(retry != _default_retry(client_class))
 
 
-#: pool -> (the retry it had, its breaker name, whether the application retries itself)
-_pools: weakref.WeakKeyDictionary[Any, tuple[object, str, bool]] = weakref.WeakKeyDictionary()
+class _Pool:
+    """What the commands of one connection pool share: worked out on the pool's
+    first command and again when its ``retry`` is replaced; the guard again when
+    the registry or its settings are.
+    """
+
+    __slots__ = ("client_retries", "guard", "name", "ref", "registry", "retry", "settings")
+
+    #: The guard of :attr:`name`, set by :func:`_plan` before any command reads it.
+    guard: Guard
+
+    def __init__(self, ref: Callable[[], Any], retry: Any, name: str, client_retries: bool) -> None:
+        self.ref = ref  # the pool, weakly (its id is the key)
+        self.retry = retry  # the Retry it had
+        self.name = name
+        self.client_retries = client_retries  # the application retries itself
+        self.registry: Registry | None = None  # what the guard came from
+        self.settings: Settings | None = None
 
 
-def _describe(client: Any) -> tuple[str, bool] | None:
-    """The breaker name of a client's pool and whether the application retries itself."""
-    pool = getattr(client, "connection_pool", None)
+#: id(pool) -> what its commands share; an entry goes with its pool, and when full
+#: (somebody's pools that cannot go) the map is emptied.
+_pools: dict[int, _Pool] = {}
+_MAX_POOLS = 1024
+
+
+def _forget(key: int, ref: weakref.ref[Any]) -> None:
+    """A pool went: its entry goes too (unless a newer one took its place)."""
+    record = _pools.get(key)
+    if record is not None and record.ref is ref:
+        _pools.pop(key, None)
+
+
+def _learn(client: Any, pool: Any, retry: Any) -> _Pool:
+    """Work out a pool's breaker name and whether the application retries itself."""
+    # Redis and Pipeline share the defaults: the base class of the two says them.
+    client_class = next((c for c in type(client).__mro__ if c.__name__ == "Redis"), type(client))
+    name, client_retries = breaker_name(pool), _client_retries(pool, client_class)
+    key = id(pool)
+    try:
+        ref: Callable[[], Any] = weakref.ref(pool, functools.partial(_forget, key))
+    except TypeError:  # a pool that cannot be weakly referenced: worked out on every command
+        return _Pool(_NOT_KEPT, retry, name, client_retries)
+    record = _Pool(ref, retry, name, client_retries)
+    if len(_pools) >= _MAX_POOLS:
+        _pools.clear()
+    _pools[key] = record
+    return record
+
+
+def _pool(client: Any) -> _Pool | None:
+    """What a client's commands share (its pool's), with the current guard; None
+    for a client without a connection pool.
+    """
+    try:
+        pool = client.connection_pool
+    except AttributeError:
+        return None
     if pool is None:
         return None
     retry = pool.connection_kwargs.get("retry")
-    known = None
-    with contextlib.suppress(TypeError):  # an unhashable pool of a subclass
-        known = _pools.get(pool)
-    if known is None or known[0] is not retry:
-        # Redis and Pipeline share the defaults: the base class of the two says them.
-        client_class = next((c for c in type(client).__mro__ if c.__name__ == "Redis"), type(client))
-        known = (retry, breaker_name(pool), _client_retries(pool, client_class))
-        with contextlib.suppress(TypeError):  # an unhashable pool of a subclass
-            _pools[pool] = known
-    return known[1], known[2]
+    record = _pools.get(id(pool))
+    if record is None or record.ref() is not pool or record.retry is not retry:
+        record = _learn(client, pool, retry)
+    registry = default_registry()
+    settings = registry.settings
+    if record.registry is not registry or record.settings is not settings:
+        record.guard = registry.guard(record.name, _PROFILE)
+        record.registry, record.settings = registry, settings
+    return record
 
 
 def _command(name: object) -> str:
     return (name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)).upper()
 
 
+#: A one-word command as redis-py sends it (a str) -> why it must not be retried (None:
+#: a read); bounded, emptied when full. Two-word reads (CONFIG GET) are not learned.
+_reasons: dict[str, str | None] = {}
+_MAX_REASONS = 512
+_UNLEARNED = "unlearned"
+
+
+def _learn_reason(args: tuple[Any, ...]) -> str | None:
+    """Why a command must not be retried: ``not_idempotent`` for a write; None for a read."""
+    first = args[0]
+    command = _command(first)
+    two_words = command in _CONTAINERS
+    if two_words and len(args) > 1:
+        command = f"{command} {_command(args[1])}"  # CONFIG GET sent as two words
+    reason = None if command in READ_COMMANDS else "not_idempotent"
+    if first.__class__ is str and not two_words:
+        if len(_reasons) >= _MAX_REASONS:
+            _reasons.clear()
+        _reasons[first] = reason
+    return reason
+
+
 def _plan(instance: Any, args: tuple[Any, ...]) -> _Plan | None:
-    """The Resilience of a command's server, why it must not be retried, and
-    whether redis-py's retry loop makes one attempt; None to pass it through.
+    """The guard of a command's server, why it must not be retried, and whether
+    redis-py's retry loop makes one attempt; None to pass it through.
     """
     if not args or not should_wrap():
         return None
-    described = _describe(instance)
-    if described is None:
+    record = _pool(instance)
+    if record is None:
         return None
-    name, client_retries = described
-    if client_retries:
-        reason: str | None = "client_retry"
-    else:
-        command = _command(args[0])
-        if command in _CONTAINERS and len(args) > 1:
-            command = f"{command} {_command(args[1])}"  # CONFIG GET sent as two words
-        reason = None if command in READ_COMMANDS else "not_idempotent"
-    return default_registry().guard(name, _PROFILE), reason, not client_retries
+    if record.client_retries:
+        return record.guard, "client_retry", False
+    first = args[0]
+    reason = _reasons.get(first, _UNLEARNED) if first.__class__ is str else _UNLEARNED
+    if reason is _UNLEARNED:
+        reason = _learn_reason(args)
+    return record.guard, reason, True
 
 
 def _pipeline_plan(instance: Any) -> _Plan | None:
     stack = instance.command_stack
     if not stack or not should_wrap():
         return None
-    described = _describe(instance)
-    if described is None:
+    record = _pool(instance)
+    if record is None:
         return None
-    name, client_retries = described
-    if client_retries:
+    if record.client_retries:
         reason = "client_retry"
     elif all(_command(args[0]) in READ_COMMANDS for args, _ in stack if args):
         reason = "not_replayable"
     else:
         reason = "not_idempotent"
-    return default_registry().guard(name, _PROFILE), reason, not client_retries
+    return record.guard, reason, not record.client_retries
 
 
 def _run(plan: _Plan, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    res, reason, one = plan
-    return call_inside(res, reason, wrapped, args, kwargs, also=_one_attempt if one else None)
+    guard, reason, one = plan
+    return call_inside(guard, reason, wrapped, args, kwargs, also=_one_attempt if one else None)
 
 
 async def _arun(plan: _Plan, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    res, reason, one = plan
-    return await acall_inside(res, reason, wrapped, args, kwargs, also=_one_attempt if one else None)
+    guard, reason, one = plan
+    return await acall_inside(guard, reason, wrapped, args, kwargs, also=_one_attempt if one else None)
 
 
 def _execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     plan = _plan(instance, args)
-    return wrapped(*args, **kwargs) if plan is None else _run(plan, wrapped, args, kwargs)
+    if plan is None:
+        return wrapped(*args, **kwargs)
+    guard, reason, one = plan  # not _run(): a call less on every command
+    return call_inside(guard, reason, wrapped, args, kwargs, also=_one_attempt if one else None)
 
 
 async def _aexecute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     plan = _plan(instance, args)
-    return await (wrapped(*args, **kwargs) if plan is None else _arun(plan, wrapped, args, kwargs))
+    if plan is None:
+        return await wrapped(*args, **kwargs)
+    guard, reason, one = plan
+    return await acall_inside(guard, reason, wrapped, args, kwargs, also=_one_attempt if one else None)
 
 
 def _pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -291,22 +373,62 @@ def _call_with_retry(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs:
     """redis-py's ``Retry.call_with_retry`` (sync and asyncio): one attempt within
     a wrapped call that otelres retries, as configured anywhere else.
     """
-    if not _one_attempt.get() or instance.get_retries() == 0:
+    if not _one_attempt.get():
         return wrapped(*args, **kwargs)
-    return wrapped.__func__(_once(instance), *args, **kwargs)
+    found = _onces.get(id(instance))
+    # The copy stands while the Retry holds what it was copied from (update_retries,
+    # update_supported_errors or a new backoff make a new copy).
+    if found is None or found[0]() is not instance or found[1] != instance.__dict__:
+        found = _once(instance)
+    once = found[2]
+    return wrapped(*args, **kwargs) if once is None else wrapped.__func__(once, *args, **kwargs)
 
 
-def _once(retry: Any) -> Any:
-    """A copy of a redis-py Retry that makes no retries (the Retry itself may be
-    shared by every connection of a pool, and by other calls).
+#: id(Retry) -> :func:`_once` of it. redis-py gives each connection a copy of the pool's
+#: Retry: an entry goes with its Retry, and when full (Retries that cannot go) the map is emptied.
+_onces: dict[int, _Once] = {}
+_MAX_ONCES = 1024
+
+
+def _forget_once(key: int, ref: weakref.ref[Any]) -> None:
+    """A Retry went: its entry goes too (unless a newer one took its place)."""
+    found = _onces.get(key)
+    if found is not None and found[0] is ref:
+        _onces.pop(key, None)
+
+
+def _once(retry: Any) -> _Once:
+    """A redis-py Retry (weakly), a copy of its attributes, and a copy of it that
+    makes no retries (None if it makes none anyway). The Retry itself may be shared
+    (by every connection of a pool in some redis-py versions, and by other calls):
+    never changed.
     """
+    if retry.get_retries() == 0:
+        once = None
+    else:
+        try:
+            once = object.__new__(type(retry))
+            once.__dict__.update(retry.__dict__)  # copy.copy, without its generic machinery
+        except (AttributeError, TypeError):  # pragma: no cover - a Retry with __slots__
+            once = copy.copy(retry)
+        once.update_retries(0)
+    key = id(retry)
     try:
-        once = object.__new__(type(retry))
-        once.__dict__.update(retry.__dict__)  # copy.copy, without its generic machinery
-    except (AttributeError, TypeError):  # pragma: no cover - a Retry with __slots__
-        once = copy.copy(retry)
-    once.update_retries(0)
-    return once
+        found = (weakref.ref(retry, functools.partial(_forget_once, key)), dict(retry.__dict__), once)
+    except (AttributeError, TypeError):  # pragma: no cover - __slots__: copied on every call
+        return _NOT_KEPT, None, once
+    if len(_onces) >= _MAX_ONCES:
+        _onces.clear()
+    _onces[key] = found
+    return found
+
+
+def _not_kept() -> None:
+    return None
+
+
+#: In place of a weak reference to a Retry that is not kept: it never matches.
+_NOT_KEPT: Callable[[], Any] = _not_kept
 
 
 class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
@@ -330,3 +452,5 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
     def _uninstrument(self, **kwargs: Any) -> None:
         _patches.restore()
         _pools.clear()
+        _onces.clear()
+        _reasons.clear()
