@@ -34,8 +34,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import functools
 import getpass
 import os
 import sys
@@ -52,8 +52,9 @@ from ._rejections import with_rejection
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from otelres._config import Target
+    from otelres._config import Settings, Target
     from otelres._flow import Guard
+    from otelres._registry import Registry
 
 
 __all__ = [
@@ -279,42 +280,93 @@ class Driver:
         """What connection attempts to the database ``name`` go through."""
         return default_registry().guard(name, self.connect)
 
-    def statement_guard(self, name: str) -> Guard:
-        """What statements on a connection to the database ``name`` go through."""
-        return default_registry().guard(name, self.statement)
+
+class _ConnectionRecord:
+    """What the statements of one connection share: its database's breaker name,
+    and that name's statement guard for the registry and settings it came from.
+    """
+
+    __slots__ = ("guard", "name", "ref", "registry", "settings")
+
+    #: The statement guard of :attr:`name`, set by :meth:`Connections.guard` before it is read.
+    guard: Guard
+
+    def __init__(self, ref: Callable[[], Any], name: str) -> None:
+        self.ref = ref  # the connection, weakly (its id is the key)
+        self.name = name
+        self.registry: Registry | None = None
+        self.settings: Settings | None = None
 
 
 class Connections:
-    """The breaker name of each live connection that came through a patched connect."""
+    """The breaker name (and statement guard) of each live connection that came
+    through a patched connect; an entry goes with its connection.
 
-    def __init__(self) -> None:
-        self._names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+    ``statement``: the profile of the guard statements go through. :attr:`active`:
+    True while the driver is instrumented (statements pass through otherwise).
+    """
 
-    def remember(self, connection: object, name: str) -> None:
+    def __init__(self, statement: Profile) -> None:
+        self.statement = statement
+        self.active = False
+        self._records: dict[int, _ConnectionRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _forget(self, key: int, ref: weakref.ref[Any]) -> None:
+        """A connection went: its entry goes too (unless a newer one took its place)."""
+        record = self._records.get(key)
+        if record is not None and record.ref is ref:
+            self._records.pop(key, None)
+
+    def remember(self, connection: object, name: str) -> _ConnectionRecord | None:
         """Note that ``connection`` goes to the database ``name``."""
-        with contextlib.suppress(TypeError):  # not weakly referenceable (somebody's proxy)
-            self._names[connection] = name
+        key = id(connection)
+        try:
+            ref = weakref.ref(connection, functools.partial(self._forget, key))
+        except TypeError:  # not weakly referenceable (somebody's proxy)
+            return None
+        record = self._records[key] = _ConnectionRecord(ref, name)
+        return record
 
-    def name(self, connection: object, live: Callable[[Any], str | None]) -> str | None:
-        """The name of ``connection``'s database; for a connection made before otelres
-        was on, the one ``live`` reads from the connection itself.
+    def _record(self, connection: object, live: Callable[[Any], str | None]) -> _ConnectionRecord | None:
+        """The record of a connection made before otelres was on, named by ``live``
+        from the connection itself (None: a driver's internals moved).
         """
         try:
-            found = self._names.get(connection)
-        except TypeError:
-            found = None
-        if found is None:
-            try:
-                found = live(connection)
-            except Exception:  # noqa: BLE001 - a driver's internals moved: leave the call alone
+            name = live(connection)
+        except Exception:  # noqa: BLE001 - a driver's internals moved: leave the call alone
+            return None
+        if name is None:
+            return None
+        record = self.remember(connection, name)
+        return _ConnectionRecord(_dead, name) if record is None else record  # a proxy: named on every call
+
+    def guard(self, connection: object, live: Callable[[Any], str | None]) -> Guard | None:
+        """The statement guard of ``connection``'s database, the registry's current
+        one; for a connection made before otelres was on, of the database ``live``
+        reads from the connection itself. None to leave its statements alone.
+        """
+        record = self._records.get(id(connection))
+        if record is None or record.ref() is not connection:
+            record = self._record(connection, live)
+            if record is None:
                 return None
-            if found is not None:
-                self.remember(connection, found)
-        return found
+        registry = default_registry()
+        settings = registry.settings
+        if record.registry is not registry or record.settings is not settings:
+            record.guard = registry.guard(record.name, self.statement)
+            record.registry, record.settings = registry, settings
+        return record.guard
 
     def clear(self) -> None:
         """Forget every connection (uninstrumented)."""
-        self._names.clear()
+        self._records.clear()
+
+
+def _dead() -> None:
+    """In place of a weak reference to a connection that is not kept: never it."""
 
 
 # -- patching -----------------------------------------------------------------------------------

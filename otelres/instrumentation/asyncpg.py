@@ -44,7 +44,7 @@ __all__ = ["AsyncpgInstrumentor"]
 
 #: The PostgreSQL guards; a rejection raises :data:`CircuitOpenError`.
 _DRIVER = Driver.named("asyncpg")
-_connections = Connections()
+_connections = Connections(_DRIVER.statement)
 _patches = Patches()
 
 
@@ -80,17 +80,19 @@ def _live_name(connection: Any) -> str | None:
     return name_from_params({"host": host, "port": port, "dbname": connection._params.database}, env={})
 
 
-async def _run(
+def _run(
     connection: Any, method: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Run a query through its database's breaker (a single attempt)."""
+) -> Awaitable[Any]:
+    """Run a query through its database's breaker (a single attempt): what to await
+    (not a coroutine of its own: one frame less on every query).
+    """
     # ``is_closed()``: asyncpg fails a query on a closed connection without a word to the server.
-    if not _patches.active or not should_wrap() or connection.is_closed():
-        return await method(*args, **kwargs)
-    name = _connections.name(connection, _live_name)
-    if name is None:
-        return await method(*args, **kwargs)
-    return await acall_inside(_DRIVER.statement_guard(name), None, method, args, kwargs)
+    if not _connections.active or not should_wrap() or connection.is_closed():
+        return method(*args, **kwargs)
+    guard = _connections.guard(connection, _live_name)
+    if guard is None:
+        return method(*args, **kwargs)
+    return acall_inside(guard, None, method, args, kwargs)
 
 
 class _Connection:
@@ -160,7 +162,9 @@ class AsyncpgInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped bas
 
         _patches.wrap(asyncpg, "connect", _connect)
         _patches.wrap(asyncpg.connection, "connect", _connect)
+        _connections.active = True
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        _connections.active = False
         _patches.restore()
         _connections.clear()

@@ -29,6 +29,8 @@ from ._rejections import module_getattr
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
 
+    from otelres._flow import Guard
+
 
 __all__ = ["PsycopgInstrumentor"]
 
@@ -39,7 +41,7 @@ _CONNECT_OPTIONS = frozenset(
 
 #: The PostgreSQL guards; a rejection raises :data:`CircuitOpenError`.
 _DRIVER = Driver.named("psycopg")
-_connections = Connections()
+_connections = Connections(_DRIVER.statement)
 _patches = Patches()
 
 
@@ -65,14 +67,35 @@ def _live_name(connection: Any) -> str | None:
     return name_from_params({"host": info.host, "port": info.port, "dbname": info.dbname}, env={})
 
 
-def _statement_name(cursor: Any) -> str | None:
-    """The breaker name a cursor's statement goes through; None to pass it through."""
-    if not _patches.active or not should_wrap():
+def _statement_guard(cursor: Any) -> Guard | None:
+    """The guard a cursor's statement goes through; None to pass it through."""
+    if not _connections.active or not should_wrap():
         return None
     connection = cursor.connection
     if connection.closed:
         return None  # psycopg fails the statement without a word to the server
-    return _connections.name(connection, _live_name)
+    return _connections.guard(connection, _live_name)
+
+
+def _run(cursor: Any, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run a cursor's statement through its database's breaker (a single attempt)."""
+    if _connections.active and should_wrap():  # _statement_guard(), inline: a call less
+        connection = cursor.connection
+        # A closed connection: psycopg fails the statement without a word to the server.
+        guard = None if connection.closed else _connections.guard(connection, _live_name)
+        if guard is not None:
+            return call_inside(guard, None, method, args, kwargs)
+    return method(*args, **kwargs)
+
+
+def _arun(
+    cursor: Any, method: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Awaitable[Any]:
+    """The async :func:`_run`: what to await (not a coroutine of its own: one frame less)."""
+    guard = _statement_guard(cursor)
+    if guard is None:
+        return method(*args, **kwargs)
+    return acall_inside(guard, None, method, args, kwargs)
 
 
 class _Cursor:
@@ -80,19 +103,13 @@ class _Cursor:
 
     __slots__ = ()
 
-    def _otelres_run(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        name = _statement_name(self)
-        if name is None:
-            return method(*args, **kwargs)
-        return call_inside(_DRIVER.statement_guard(name), None, method, args, kwargs)
-
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement through the database's breaker."""
-        return self._otelres_run(super().execute, args, kwargs)  # type: ignore[misc] # a cursor's, by the MRO
+        return _run(self, super().execute, args, kwargs)  # type: ignore[misc] # a cursor's, by the MRO
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement for each set of parameters through the database's breaker."""
-        return self._otelres_run(super().executemany, args, kwargs)  # type: ignore[misc]
+        return _run(self, super().executemany, args, kwargs)  # type: ignore[misc]
 
 
 class _AsyncCursor:
@@ -100,21 +117,13 @@ class _AsyncCursor:
 
     __slots__ = ()
 
-    async def _otelres_run(
-        self, method: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        name = _statement_name(self)
-        if name is None:
-            return await method(*args, **kwargs)
-        return await acall_inside(_DRIVER.statement_guard(name), None, method, args, kwargs)
-
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement through the database's breaker."""
-        return await self._otelres_run(super().execute, args, kwargs)  # type: ignore[misc]
+        return await _arun(self, super().execute, args, kwargs)  # type: ignore[misc]
 
     async def executemany(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement for each set of parameters through the database's breaker."""
-        return await self._otelres_run(super().executemany, args, kwargs)  # type: ignore[misc]
+        return await _arun(self, super().executemany, args, kwargs)  # type: ignore[misc]
 
 
 _cursors = Subclasses(_Cursor)
@@ -164,7 +173,9 @@ class PsycopgInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped bas
         _patches.wrap(psycopg, "connect", _connect)
         _patches.wrap(psycopg.Connection, "connect", _connect)
         _patches.wrap(psycopg.AsyncConnection, "connect", _aconnect)
+        _connections.active = True
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        _connections.active = False
         _patches.restore()
         _connections.clear()

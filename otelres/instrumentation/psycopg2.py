@@ -46,7 +46,7 @@ _NOT_PARAMS = frozenset({*_CONNECT_ARGS, "async", "async_"})
 
 #: The PostgreSQL guards; a rejection raises :data:`CircuitOpenError`.
 _DRIVER = Driver.named("psycopg2")
-_connections = Connections()
+_connections = Connections(_DRIVER.statement)
 _patches = Patches()
 
 
@@ -73,14 +73,14 @@ def _live_name(connection: Any) -> str | None:
 
 def _run(cursor: Any, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run a cursor's statement through its database's breaker (a single attempt)."""
-    if not _patches.active or not should_wrap():
+    if not _connections.active or not should_wrap():
         return method(*args, **kwargs)
     connection = cursor.connection
     # A closed connection: psycopg2 fails the statement without a word to the server.
-    name = None if connection.closed else _connections.name(connection, _live_name)
-    if name is None:
+    guard = None if connection.closed else _connections.guard(connection, _live_name)
+    if guard is None:
         return method(*args, **kwargs)
-    return call_inside(_DRIVER.statement_guard(name), None, method, args, kwargs)
+    return call_inside(guard, None, method, args, kwargs)
 
 
 class _Cursor:
@@ -182,7 +182,9 @@ class Psycopg2Instrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped ba
         import psycopg2  # type: ignore[import-untyped] # noqa: PLC0415
 
         _patches.wrap(psycopg2, "connect", _connect)
+        _connections.active = True
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        _connections.active = False
         _patches.restore()
         _connections.clear()
