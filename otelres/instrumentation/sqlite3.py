@@ -47,6 +47,10 @@ from ._stores import store_profile
 __all__ = ["Sqlite3Instrumentor", "breaker_name"]
 
 if TYPE_CHECKING:
+    from otelres._config import Settings
+    from otelres._flow import Guard
+    from otelres._registry import Registry
+
     _Proxy = ObjectProxy[Any]
 else:  # wrapt 1 proxies are not generic at run time
     _Proxy = ObjectProxy
@@ -152,13 +156,37 @@ def _attempt(conn: Any, method: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
+class _Database:
+    """What the statements of one connection (and its cursors) share: the breaker
+    name, and its statement guard for the registry and settings it came from.
+    """
+
+    __slots__ = ("_guard", "_registry", "_settings", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._registry: Registry | None = None
+        self._settings: Settings | None = None
+        self._guard: Guard | None = None
+
+    def guard(self) -> Guard:
+        """The statement guard of :attr:`name`: the registry's current one."""
+        registry = default_registry()
+        settings = registry.settings
+        guard = self._guard
+        if guard is None or self._registry is not registry or self._settings is not settings:
+            self._guard = guard = registry.guard(self.name, _STATEMENT)
+            self._registry, self._settings = registry, settings
+        return guard
+
+
 def _statement(
-    conn: Any, name: str, kind: str, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    conn: Any, database: _Database, kind: str, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """Run ``method`` (a statement of ``conn``) through the breaker of ``name``."""
+    """Run ``method`` (a statement of ``conn``) through the breaker of ``database``."""
     if not should_wrap():
         return method(*args, **kwargs)
-    guard = default_registry().guard(name, _STATEMENT)
+    guard = database.guard()
     reason: str | None = None
     if conn.in_transaction:
         reason = "in_transaction"
@@ -190,14 +218,14 @@ def _unwrapped(obj: Any) -> Any:
 class _Cursor(_Proxy):
     """A sqlite3 cursor whose statements go through the breaker."""
 
-    def __init__(self, cursor: Any, conn: Any, name: str) -> None:
+    def __init__(self, cursor: Any, conn: Any, database: _Database) -> None:
         super().__init__(cursor)
         self._self_conn = conn
-        self._self_name = name
+        self._self_database = database
 
     def _run(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         cursor = self.__wrapped__
-        result = _statement(self._self_conn, self._self_name, kind, getattr(cursor, kind), args, kwargs)
+        result = _statement(self._self_conn, self._self_database, kind, getattr(cursor, kind), args, kwargs)
         return self if result is cursor else result
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
@@ -218,27 +246,27 @@ class _Connection(_Proxy):
 
     def __init__(self, conn: Any, name: str) -> None:
         super().__init__(conn)
-        self._self_name = name
+        self._self_database = _Database(name)
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         """``Connection.execute`` through the breaker."""
         conn = self.__wrapped__
-        return _statement(conn, self._self_name, "execute", conn.execute, args, kwargs)
+        return _statement(conn, self._self_database, "execute", conn.execute, args, kwargs)
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         """``Connection.executemany`` through the breaker."""
         conn = self.__wrapped__
-        return _statement(conn, self._self_name, "executemany", conn.executemany, args, kwargs)
+        return _statement(conn, self._self_database, "executemany", conn.executemany, args, kwargs)
 
     def executescript(self, *args: Any, **kwargs: Any) -> Any:
         """``Connection.executescript`` through the breaker (never retried)."""
         conn = self.__wrapped__
-        return _statement(conn, self._self_name, "executescript", conn.executescript, args, kwargs)
+        return _statement(conn, self._self_database, "executescript", conn.executescript, args, kwargs)
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         """A cursor whose statements go through the breaker."""
         conn = self.__wrapped__
-        return _Cursor(conn.cursor(*args, **kwargs), conn, self._self_name)
+        return _Cursor(conn.cursor(*args, **kwargs), conn, self._self_database)
 
     def backup(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         """``Connection.backup``, which wants the real connection as its target."""
