@@ -14,6 +14,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import gc
+import importlib
 import sys
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -402,6 +404,55 @@ class DbContract(abc.ABC):
         assert self.fetchval(conn, "SELECT 1") == 1
         assert [b.name for b in otelres.default_registry().breakers()] == [pg.name]
         assert stats(pg.name).successes == before + 1
+
+    # -- what a connection keeps -----------------------------------------------------------------------
+
+    def test_a_connection_follows_new_settings(self, pg: Pg, instrument: Callable[..., None]) -> None:
+        """The guard a connection keeps for its statements is the one of the settings in force."""
+        instrument()
+        conn = self.connect(pg.dsn())
+        assert self.fetchval(conn, "SELECT 1") == 1
+        otelres.configure(otelres.load_settings(overrides={**FAST, "enabled": False}))
+        with forced_state(pg.name, State.FORCED_OPEN):  # otelres off: never consulted
+            assert self.fetchval(conn, "SELECT 1") == 1
+        otelres.configure(otelres.load_settings(overrides=FAST))
+        with forced_state(pg.name, State.FORCED_OPEN), pytest.raises(otelres.CircuitOpenError):
+            self.fetchval(conn, "SELECT 1")
+        assert self.fetchval(conn, "SELECT 1") == 1
+
+    def test_a_connection_follows_a_new_registry(self, pg: Pg, instrument: Callable[..., None]) -> None:
+        """Statements count on the breaker of the registry in force, not of the one they first met."""
+        instrument()
+        conn = self.connect(pg.dsn())
+        assert self.fetchval(conn, "SELECT 1") == 1
+        first = stats(pg.name).successes
+        previous = set_default_registry(Registry())
+        try:
+            assert self.fetchval(conn, "SELECT 1") == 1
+            assert stats(pg.name).successes == 1
+        finally:
+            set_default_registry(previous)
+        assert stats(pg.name).successes == first
+        assert self.fetchval(conn, "SELECT 1") == 1
+        assert stats(pg.name).successes == first + 1
+
+    def test_what_a_connection_keeps_goes_with_it(self, pg: Pg, instrument: Callable[..., None]) -> None:
+        """The name and guard otelres keeps for a connection are dropped when the connection is:
+        many connections over time keep no more than the live ones.
+        """
+        instrument()
+        kept = importlib.import_module(self.integration)._connections
+        before = len(kept)
+        for _ in range(5):
+            conn = self.open(pg.dsn(), {})
+            assert self.fetchval(conn, "SELECT 1") == 1
+            self.close(conn)
+        del conn
+        gc.collect()
+        assert len(kept) == before
+        live = self.connect(pg.dsn())
+        assert self.fetchval(live, "SELECT 1") == 1
+        assert len(kept) == before + 1
 
     # -- spans -----------------------------------------------------------------------------------------
 
