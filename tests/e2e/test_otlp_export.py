@@ -115,6 +115,7 @@ EXPECTED_METRICS = {
     names.CIRCUIT_STATE,
     names.CIRCUIT_TRANSITIONS,
     names.RETRY_DELAY,
+    names.REJECTIONS,
 }
 # Call spans: 2 for API, 2 for FLAKY; CLIENT spans: 2 + 3 for API, 2 for FLAKY (the rejection makes none).
 EXPECTED_SPANS = 4 + 7

@@ -210,7 +210,8 @@ def test_names_module_matches_the_design_table() -> None:
 
 
 def test_exactly_the_design_series_are_exposed(scrape: Scrape) -> None:
-    """The scrape holds each series of the README's table, and no other otelres series but the retry delay."""
+    """The scrape holds each series of the README's table, and no other otelres series but the retry
+    delay and the rejections by reason (the scenario rejects calls)."""
     delay = P[names.RETRY_DELAY]
     expected = {
         P[names.CALLS],
@@ -224,6 +225,7 @@ def test_exactly_the_design_series_are_exposed(scrape: Scrape) -> None:
         f"{delay}_bucket",
         f"{delay}_sum",
         f"{delay}_count",
+        P[names.REJECTIONS],
     }
     assert scrape.otelres_series() == expected
 
