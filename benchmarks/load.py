@@ -600,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n### runs\n")
     print(
         "'200 req/s' is goodput: requests answered 200 within the client's timeout, per second of "
-        "the run; latencies are those of the admitted (200) requests; 'gave up / failed' are "
+        "the run; 'upstream served' is what the upstream did meanwhile, for clients still waiting or "
+        "not; latencies are those of the admitted (200) requests; 'gave up / failed' are "
         "requests the client abandoned at its timeout (or whose connection failed), or could not "
         "send (more outstanding than rate x timeout); 'generator lag' is how late the load generator "
         "sent a request after its arrival time (high: the generator itself was starved of CPU).\n"
