@@ -179,6 +179,7 @@ class CircuitBreaker:
         "_ticks",
         "_ticks_taken",
         "_transitions",
+        "_trip_failure_rate",
         "_troubled_until",
         "_window",
         "name",
@@ -229,6 +230,15 @@ class CircuitBreaker:
         self._throttle = (
             Throttle(throttling, clock=self._clock) if throttling is not None and throttling.enabled else None
         )
+        #: The failure rate that trips the circuit: the policy's; with a throttle, at least half-way
+        #: from the rate the throttle holds a struggling dependency at (1 - 1/k of the calls it lets
+        #: through fail) to 100 %. A throttle keeps a partly failing dependency at about k times what
+        #: it accepts; a breaker that tripped at that rate would fight it, opening and closing while
+        #: the throttle holds the load steady (k = 2 and the default 0.5 meet exactly). So the
+        #: throttle answers "partly failing" and the breaker "down".
+        self._trip_failure_rate = self.policy.failure_rate
+        if self._throttle is not None:
+            self._trip_failure_rate = max(self._trip_failure_rate, 1.0 - 0.5 / self._throttle.policy.k)
         # Shared state (otelres._fleet): the other processes' window (calls, failures,
         # slow), whether a half-open period needs the fleet's lease, until when (on
         # this breaker's clock) this process holds it, and whether a call was refused
@@ -512,7 +522,7 @@ class CircuitBreaker:
         if (limit is not None and self._consecutive >= limit) or (
             calls >= self._minimum_calls
             and (
-                failures / calls >= policy.failure_rate
+                failures / calls >= self._trip_failure_rate
                 or (slow_limit is not None and slow / calls >= policy.slow_call_rate)
             )
         ):

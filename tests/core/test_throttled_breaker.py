@@ -141,3 +141,23 @@ def test_the_reason_reaches_the_listeners_as_before_for_open_circuits(clock: Fak
         otelres.remove_listener(listener)
     assert [(e.kind, e.reason) for e in seen] == [("rejected", "circuit_open")]
     assert _events.listeners == ()
+
+
+@pytest.mark.parametrize(("k", "trips_at"), [(2.0, 0.75), (1.5, 1 - 0.5 / 1.5), (1.1, 1 - 0.5 / 1.1), (1.0, 0.5)])
+def test_with_a_throttle_the_breaker_trips_only_past_what_the_throttle_holds(
+    clock: FakeClock, k: float, trips_at: float
+) -> None:
+    """A throttle holds a struggling dependency at 1 - 1/k failures of the calls it lets through; the
+    breaker beside it trips half-way from there to 100 % (at least at its own failure_rate), so
+    that the two do not fight: k = 2 with the default failure_rate 0.5 would open and close while
+    the throttle holds the load steady."""
+    policy = otelres.BreakerPolicy(minimum_calls=20, throttle=otelres.ThrottlePolicy(k=k, min_requests=10**6))
+    below = otelres.CircuitBreaker("below", policy, clock=clock)
+    at = otelres.CircuitBreaker("at", policy, clock=clock)
+    failures = round(trips_at * 100)
+    for breaker, failed in ((below, failures - 1), (at, failures)):
+        for i in range(100):
+            token = breaker.acquire()
+            breaker.record(token, i >= 100 - failed, clock.monotonic())
+    assert below.state is otelres.State.CLOSED
+    assert at.state is otelres.State.OPEN
