@@ -143,7 +143,9 @@ def test_the_reason_reaches_the_listeners_as_before_for_open_circuits(clock: Fak
     assert _events.listeners == ()
 
 
-@pytest.mark.parametrize(("k", "trips_at"), [(2.0, 0.75), (1.5, 1 - 0.5 / 1.5), (1.1, 1 - 0.5 / 1.1), (1.0, 0.5)])
+@pytest.mark.parametrize(
+    ("k", "trips_at"), [(2.0, 0.75), (1.5, 1 - 0.5 / 1.5), (1.1, 1 - 0.5 / 1.1), (1.0, 0.5)]
+)
 def test_with_a_throttle_the_breaker_trips_only_past_what_the_throttle_holds(
     clock: FakeClock, k: float, trips_at: float
 ) -> None:
