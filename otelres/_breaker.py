@@ -267,6 +267,13 @@ class CircuitBreaker:
         return self._state
 
     @property
+    def throttle(self) -> Throttle | None:
+        """The adaptive throttle beside this breaker (``BreakerPolicy(throttle=...)``), or None:
+        its ``stats()`` and ``rejection_probability()`` say how hard it throttles now.
+        """
+        return self._throttle
+
+    @property
     def clock(self) -> Clock:
         """The clock this breaker measures time with."""
         return self._clock
