@@ -75,8 +75,9 @@ def test_the_draw_decides_and_accepts_bring_the_load_back(clock: FakeClock) -> N
         with pytest.raises(ConnectionError):
             res.call(failing)
     assert res.call(lambda: "ok") == "ok"
-    throttle = res.breaker._throttle
+    throttle = res.breaker.throttle
     assert throttle is not None
+    assert throttle.stats()[:3] == (5, 1, 0)  # requests, accepts, rejected
     # 5 requests (4 failed, 1 accepted), k = 1: (5 - 1) / (5 + 1).
     assert throttle.rejection_probability() == pytest.approx(4 / 6)
     clock.advance(11.0)
