@@ -382,7 +382,7 @@ def run_mode(args: argparse.Namespace, mode: Mode) -> Result:
     with upstream_process(args) as base, httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT) as control:
         res = resilience(args, mode, base)
         # No public reading of a breaker's throttle yet: the probability comes from its private one.
-        throttle = None if res is None else res.breaker._throttle
+        throttle = None if res is None else res.breaker.throttle
         transitions = Transitions(res.breaker.name if res is not None else "")
         otelres.add_listener(transitions)
         try:
