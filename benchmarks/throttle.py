@@ -381,7 +381,6 @@ def run_mode(args: argparse.Namespace, mode: Mode) -> Result:
     slots = [phase_slots(args, i * args.bin) for i in range(bins)]
     with upstream_process(args) as base, httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT) as control:
         res = resilience(args, mode, base)
-        # No public reading of a breaker's throttle yet: the probability comes from its private one.
         throttle = None if res is None else res.breaker.throttle
         transitions = Transitions(res.breaker.name if res is not None else "")
         otelres.add_listener(transitions)
