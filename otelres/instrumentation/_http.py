@@ -9,6 +9,11 @@
   :func:`otelres.retry_unsafe`, per target with ``http.retry_unsafe``).
 - A body that cannot be replayed (a generator, a stream, a file) is never retried.
 - ``Retry-After`` (seconds or HTTP date) replaces the backoff, up to the cap.
+
+Every patched request runs :func:`plan_request` first, so it is kept cheap: a URL's
+breaker name is remembered by the URL's start (``scheme://user@host:port``, never a
+path; a bounded map), and a request's headers are read only when its method
+alone does not settle whether it may be retried.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from otelres._backoff import parse_retry_after
+from otelres._flow import current_attempt
 from otelres._idempotency import unsafe_retries_allowed
 from otelres._registry import Profile, default_registry
 
+from ._common import mark_resend
+
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Hashable, Mapping
 
     from otelres._config import Target
     from otelres._flow import Guard
@@ -38,8 +46,11 @@ __all__ = [
     "breaker_name",
     "cap_timeout",
     "cut_by_deadline",
+    "host_breaker_name",
+    "marking_resend",
     "no_retry_reason",
     "plan_request",
+    "url_breaker_name",
 ]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -80,6 +91,66 @@ def breaker_name(url: str) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port or _DEFAULT_PORTS[scheme]}"
+
+
+#: Breaker names (None: not HTTP) by what they depend on alone: a URL's start up to
+#: its path (requests; never one holding user info), a URL's scheme, host and port
+#: (httpx). Bounded, and emptied when full: a crawler's hosts cost at most this many
+#: short entries (the registry caps the breakers themselves). Names do not depend
+#: on the settings; guards do, and come from the registry on every call.
+_NAMES: dict[Hashable, str | None] = {}
+#: The most entries :data:`_NAMES` holds.
+NAMES_MAX = 512
+#: The longest URL start that is remembered (a longer one is named afresh on every
+#: call): no hostile host fills memory through :data:`_NAMES`.
+KEY_MAX = 256
+
+
+def remember(key: Hashable, name: str | None) -> str | None:
+    """Remember ``name`` for ``key`` in :data:`_NAMES` (emptied when full); return it."""
+    if len(_NAMES) >= NAMES_MAX:
+        _NAMES.clear()
+    _NAMES[key] = name
+    return name
+
+
+def url_breaker_name(url: str) -> str | None:
+    """:func:`breaker_name`, remembered by the URL's start: everything before the first
+    ``/`` after the first ``//`` (the whole URL without one).
+
+    That start holds all :func:`breaker_name` reads (the scheme, and the authority,
+    which ends at a ``/``, ``?`` or ``#``; tabs and newlines that ``urlsplit`` drops
+    only move the first ``//`` later, never past the authority's start), so
+    ``breaker_name(start) == breaker_name(url)``.
+    """
+    start = url.find("//")
+    if start >= 0:
+        end = url.find("/", start + 2)
+        if end >= 0:
+            url = url[:end]
+    try:
+        return _NAMES[url]
+    except KeyError:
+        pass
+    name = breaker_name(url)
+    # Not kept: a start holding user info (a password), or too long to be a host.
+    return name if "@" in url or len(url) > KEY_MAX else remember(url, name)
+
+
+def host_breaker_name(scheme: str, host: bytes, port: int | None) -> str | None:
+    """:func:`breaker_name` of a parsed URL, remembered: httpx's ``scheme``, ``raw_host``
+    (ASCII, lowercase, without brackets) and ``port`` (None for the scheme's default).
+    """
+    key = (scheme, host, port)
+    try:
+        return _NAMES[key]
+    except KeyError:
+        pass
+    text = host.decode("ascii", "replace")
+    if ":" in text:
+        text = f"[{text}]"
+    name = breaker_name(f"{scheme}://{text}" if port is None else f"{scheme}://{text}:{port}")
+    return remember(key, name) if len(host) <= KEY_MAX else name
 
 
 def cap_timeout(value: object, left: float) -> object:
@@ -214,16 +285,28 @@ HTTP = Profile(
 
 
 def plan_request(
-    profile: Profile, url: str, method: str, headers: Mapping[str, str] | None, replayable: bool
-) -> tuple[Guard, str | None] | None:
-    """The guard of a request's destination for a caller of ``profile`` (a copy
-    of :data:`HTTP`) and why the request must not be retried (None: it may be);
-    None for a URL that is not HTTP(S).
+    profile: Profile,
+    name: str,
+    method: str,
+    headers: Mapping[str, Any] | None,
+    replayable: bool,
+) -> tuple[Guard, str | None]:
+    """The guard of the destination ``name`` (see :func:`url_breaker_name`) for a
+    caller of ``profile`` (a copy of :data:`HTTP`) and why the request must not be
+    retried (None: it may be). ``headers`` (the headers sent) are read only when
+    the method is not idempotent: a caller may pass None for a replayable request
+    whose ``method`` is in :data:`IDEMPOTENT_METHODS`.
     """
-    name = breaker_name(url)
-    if name is None:
-        return None
     guard = default_registry().guard(name, profile)
+    if replayable and method in IDEMPOTENT_METHODS:
+        return guard, None  # the plain case: nothing else to read
     target = guard.target
     unsafe_ok = target is not None and target.http.retry_unsafe
     return guard, no_retry_reason(method, headers, replayable, unsafe_ok)
+
+
+def marking_resend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A wrapt wrapper for the layer below the CLIENT span: mark a retry, then call through."""
+    if current_attempt() > 1:
+        mark_resend()
+    return wrapped(*args, **kwargs)

@@ -24,9 +24,18 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from otelres._deadline import caller_deadline_binds, mark_caller_deadline, time_left
+from otelres._resilience import arun, run
 
-from ._common import Patches, acall_inside, call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, cut_by_deadline, plan_request
+from ._common import Patches, ensure_telemetry, inside, should_wrap
+from ._http import (
+    DEADLINE_EXCEEDED,
+    HTTP,
+    cap_timeout,
+    cut_by_deadline,
+    host_breaker_name,
+    marking_resend,
+    plan_request,
+)
 from ._rejections import module_getattr, rejection_class, with_rejection
 
 if TYPE_CHECKING:
@@ -46,16 +55,23 @@ __getattr__ = module_getattr("httpx", __name__)
 
 
 def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | None] | None:
-    """The Resilience and the no-retry reason for a send, or None to pass it through."""
+    """The guard and the no-retry reason for a send, or None to pass it through."""
     if not should_wrap():
         return None
     import httpx  # noqa: PLC0415
 
-    request = _request_of(args, kwargs)
-    if not isinstance(request, httpx.Request):
+    request = args[0] if args else kwargs.get("request")
+    # type() first: not a call, where isinstance() is one (a subclass still gets there).
+    if type(request) is not httpx.Request and not isinstance(request, httpx.Request):
         return None
-    replayable = isinstance(request.stream, httpx.ByteStream)
-    return plan_request(_PROFILE, str(request.url), request.method, request.headers, replayable)
+    url = request.url
+    # Parsed already: no string to build and split again.
+    name = host_breaker_name(url.scheme, url.raw_host, url.port)
+    if name is None:
+        return None
+    stream = request.stream
+    replayable = type(stream) is httpx.ByteStream or isinstance(stream, httpx.ByteStream)
+    return plan_request(_PROFILE, name, request.method, request.headers, replayable)
 
 
 def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -127,21 +143,26 @@ def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     plan = _plan(args, kwargs)
     if plan is None:
         return wrapped(*args, **kwargs)
+    guard, reason = plan
+    # call_inside(), without its calls: patched calls below pass through.
+    token = inside.set(True)
     try:
-        return _guarded_send(plan, wrapped, instance, args, kwargs)
+        if time_left() is None:
+            return run(guard, wrapped, args, kwargs, reason)
+        return _send_within_deadline(plan, wrapped, instance, args, kwargs)
     except rejection_class("httpx") as rejected:
         _carry_request(rejected, args, kwargs)
         raise
+    finally:
+        inside.reset(token)
 
 
-def _guarded_send(
+def _send_within_deadline(
     plan: tuple[Any, str | None], wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    left = time_left()
-    if left is None:
-        return call_inside(*plan, wrapped, args, kwargs)
     request = _request_of(args, kwargs)
-    if left <= 0:
+    left = time_left()
+    if left is not None and left <= 0:
         # No attempt fits: the destination is not contacted, so its breaker is not told.
         raise _deadline_exceeded(request)
     capping = _Capping(instance, request)
@@ -159,7 +180,7 @@ def _guarded_send(
             raise
 
     try:
-        return call_inside(*plan, attempt, args, kwargs)
+        return run(plan[0], attempt, args, kwargs, plan[1])
     finally:
         capping.restore()
 
@@ -168,21 +189,27 @@ async def _asend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dic
     plan = _plan(args, kwargs)
     if plan is None:
         return await wrapped(*args, **kwargs)
+    guard, reason = plan
+    # acall_inside(), without its calls: patched calls below pass through. One coroutine
+    # fewer: every await below resumes each coroutine on the way.
+    token = inside.set(True)
     try:
-        return await _aguarded_send(plan, wrapped, instance, args, kwargs)
+        if time_left() is None:
+            return await arun(guard, wrapped, args, kwargs, reason)
+        return await _asend_within_deadline(plan, wrapped, instance, args, kwargs)
     except rejection_class("httpx") as rejected:
         _carry_request(rejected, args, kwargs)
         raise
+    finally:
+        inside.reset(token)
 
 
-async def _aguarded_send(
+async def _asend_within_deadline(
     plan: tuple[Any, str | None], wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    left = time_left()
-    if left is None:
-        return await acall_inside(*plan, wrapped, args, kwargs)
     request = _request_of(args, kwargs)
-    if left <= 0:
+    left = time_left()
+    if left is not None and left <= 0:
         raise _deadline_exceeded(request)
     capping = _Capping(instance, request)
     import httpx  # noqa: PLC0415 - imported by whoever called send
@@ -199,7 +226,7 @@ async def _aguarded_send(
             raise
 
     try:
-        return await acall_inside(*plan, attempt, args, kwargs)
+        return await arun(plan[0], attempt, args, kwargs, plan[1])
     finally:
         capping.restore()
 

@@ -30,9 +30,19 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from otelres._deadline import caller_deadline_binds, mark_caller_deadline, time_left
+from otelres._resilience import run
 
-from ._common import Patches, call_inside, ensure_telemetry, marking_resend, should_wrap
-from ._http import DEADLINE_EXCEEDED, HTTP, cap_timeout, cut_by_deadline, plan_request
+from ._common import Patches, ensure_telemetry, inside, should_wrap
+from ._http import (
+    DEADLINE_EXCEEDED,
+    HTTP,
+    IDEMPOTENT_METHODS,
+    cap_timeout,
+    cut_by_deadline,
+    marking_resend,
+    plan_request,
+    url_breaker_name,
+)
 from ._rejections import module_getattr, with_rejection
 
 __all__ = ["RequestsInstrumentor"]
@@ -74,14 +84,13 @@ def _replayable_data(data: object) -> bool:
     return False
 
 
-def _replayable(kwargs: Mapping[str, Any]) -> bool:
+def _replayable(data: object, files: Any) -> bool:
     """Whether every attempt sends the whole body: all of ``data`` is plain (see
     :func:`_replayable_data`) and every file's content is bytes or text; ``json``
     is encoded afresh by each attempt.
     """
-    if not _replayable_data(kwargs.get("data")):
+    if not _replayable_data(data):
         return False
-    files = kwargs.get("files")
     if files:
         items = files.values() if isinstance(files, Mapping) else (f[1] for f in files)
         for item in items:
@@ -165,23 +174,45 @@ def _within_deadline(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     return attempt
 
 
+#: ``Session.request``'s arguments up to ``files``, in order (after ``self``).
+_ARGUMENTS = ("method", "url", "params", "data", "headers", "cookies", "files")
+
+
 def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if not should_wrap():
         return wrapped(*args, **kwargs)
-    named = dict(zip(("method", "url", "params", "data", "headers"), args, strict=False)) | kwargs
-    # The session's headers count too: requests merges them in later, when it prepares the request.
-    headers = _sent_headers(getattr(instance, "headers", None), named.get("headers"))
-    method, url = str(named.get("method", "")), str(named.get("url", ""))
-    plan = plan_request(_PROFILE, url, method, headers, _replayable(named))
-    if plan is None:
+    if len(args) == 2:
+        # Session.get, .post and kin: request(method, url, **kwargs).
+        method, url = args
+        named = kwargs
+    else:
+        named = dict(zip(_ARGUMENTS, args, strict=False)) | kwargs
+        method, url = named.get("method", ""), named.get("url", "")
+    name = url_breaker_name(str(url))
+    if name is None:
         return wrapped(*args, **kwargs)
+    replayable = ("data" not in named and "files" not in named) or _replayable(
+        named.get("data"), named.get("files")
+    )
+    method = str(method)
+    headers = None
+    if not (replayable and method in IDEMPOTENT_METHODS):
+        # Read only when they matter (an Idempotency-Key). The session's headers count
+        # too: requests merges them in later, when it prepares the request.
+        headers = _sent_headers(getattr(instance, "headers", None), named.get("headers"))
+    guard, reason = plan_request(_PROFILE, name, method, headers, replayable)
     left = time_left()
-    if left is None:
-        return call_inside(*plan, wrapped, args, kwargs)
-    if left <= 0:
-        # No attempt fits: the destination is not contacted, so its breaker is not told.
-        raise _deadline_exceeded()
-    return call_inside(*plan, _within_deadline(wrapped, args, kwargs), args, kwargs)
+    if left is not None:
+        if left <= 0:
+            # No attempt fits: the destination is not contacted, so its breaker is not told.
+            raise _deadline_exceeded()
+        wrapped = _within_deadline(wrapped, args, kwargs)
+    # call_inside(), without its calls: patched calls below pass through.
+    token = inside.set(True)
+    try:
+        return run(guard, wrapped, args, kwargs, reason)
+    finally:
+        inside.reset(token)
 
 
 class RequestsInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
