@@ -322,11 +322,13 @@ class CircuitBreaker:
 
     # -- admission -----------------------------------------------------------
 
-    def acquire(self) -> int:
+    def acquire(self, retry: bool = False) -> int:
         """A permit token for one attempt, or :data:`REJECTED`.
 
         The token must be handed back to exactly one of :meth:`record` /
-        :meth:`on_success` / :meth:`on_failure` / :meth:`on_ignored`.
+        :meth:`on_success` / :meth:`on_failure` / :meth:`on_ignored`. ``retry``: the
+        attempt repeats one that failed; the throttle does not refuse it (the retry
+        budget bounds retries, and a throttled retry would hide the real error).
         """
         epoch = self._epoch
         state = self._state
@@ -334,7 +336,7 @@ class CircuitBreaker:
             # Lock-free: the epoch was read first, so if the state changed in
             # between, the token is stale and its outcome cannot move the state.
             throttle = self._throttle
-            if throttle is None or throttle.admit():
+            if throttle is None or retry or throttle.admit():
                 return epoch
             next(self._rejections)  # throttled: a rejection with its own reason (see rejection())
             return REJECTED
@@ -576,6 +578,10 @@ class CircuitBreaker:
         if to is _CLOSED:
             self._consecutive = 0
             self._reopens = 0
+            if from_state is _HALF_OPEN and self._throttle is not None:
+                # The probes proved the dependency back: the failures that opened the
+                # circuit must not go on throttling it (lock order: breaker, then throttle).
+                self._throttle.clear()
         return Transition(self.name, from_state, to, failure_rate, self._transitions, self._clock.monotonic())
 
     # -- shared state (driven by otelres._fleet's thread) --------------------------

@@ -222,12 +222,16 @@ def _build(layer: _Layer, base: Target) -> Target:
             enabled = bool(value)
     try:
         # The throttle is the breaker policy's when throttle.enabled is true; its keys are
-        # checked either way.
-        throttle = base.throttle.evolve(**sections["throttle"])
+        # checked either way. A layer without throttle keys keeps the base's.
+        throttle = base.throttle
+        breaker = base.breaker.evolve(**sections["breaker"])
+        if sections["throttle"]:
+            throttle = throttle.evolve(**sections["throttle"])
+            breaker = breaker.evolve(throttle=throttle if throttle.enabled else None)
         return Target(
             enabled,
             base.retry.evolve(**sections["retry"]),
-            base.breaker.evolve(**sections["breaker"], throttle=throttle if throttle.enabled else None),
+            breaker,
             base.budget.evolve(**sections["budget"]),
             base.http.evolve(**sections["http"]),
             throttle,
@@ -413,12 +417,22 @@ def load_settings(
     prometheus_ports, source = layer.pop("prometheus_ports", (DEFAULT_PROMETHEUS_PORTS, "prometheus_ports"))
     if type(prometheus_ports) is not int or not 1 <= prometheus_ports <= 1000:
         raise ConfigError(source, prometheus_ports, "an integer >= 1 and <= 1000")
+    breaker = _policy_or_default("breaker", policies, BreakerPolicy)
+    # The throttle from code: a ThrottlePolicy of its own, or the one a BreakerPolicy carries.
+    throttle = policies.get("throttle")
+    if throttle is None:
+        throttle = breaker.throttle if breaker.throttle is not None else _THROTTLE_OFF
+    elif not isinstance(throttle, ThrottlePolicy):
+        raise ConfigError("throttle", throttle, "an otelres.ThrottlePolicy or a mapping of its keys")
+    else:
+        breaker = breaker.evolve(throttle=throttle if throttle.enabled else None)
     base = Target(
         enabled=True,
         retry=_policy_or_default("retry", policies, RetryPolicy),
-        breaker=_policy_or_default("breaker", policies, BreakerPolicy),
+        breaker=breaker,
         budget=_policy_or_default("budget", policies, BudgetPolicy),
         http=_policy_or_default("http", policies, HttpPolicy),
+        throttle=throttle,
     )
     default = _build(layer, base)
     targets: dict[str, Target] = {}

@@ -412,13 +412,16 @@ def end_call(event: Event, scopes: Scopes, unstarted: tuple[Listener, ...] = ())
             failures.failed(listener, "end_call", exc)
 
 
-def plain_success(breaker: str, duration: float) -> None:
-    """A call that had nothing to say ended: one attempt, a success, no event. Only
-    on-demand listeners are registered (others take every call through the full flow),
-    and none started: each hears :meth:`Listener.end_call` with scope None.
+def plain_success(breaker: str, duration: float, listening: tuple[Listener, ...]) -> None:
+    """A call that had nothing to say ended: one attempt, a success, no event. ``listening``:
+    the per-call listeners when it began (all on demand: others take every call through the
+    full flow); none started, so each hears :meth:`Listener.end_call` with scope None (one
+    registered meanwhile hears nothing of a call whose start it missed).
     """
     event = Event(CALL, breaker, 1, 0.0, "", 0.0, "success", duration)
-    for listener in call_listeners:
+    for listener in listening:
+        if not listener.start_on_demand:
+            continue
         try:
             listener.end_call(event, None)
         except Exception as exc:  # noqa: BLE001

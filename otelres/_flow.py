@@ -293,6 +293,7 @@ class Flow:
         outer: Enclosing | None = None,
         *,
         resumed: bool = False,
+        up_front: bool = False,
     ) -> None:
         # Only what the success path needs is set here; the rest is set when a
         # retry is first considered (this constructor is on every call's path).
@@ -314,13 +315,15 @@ class Flow:
         self._attempt_token: contextvars.Token[int] | None = None
         # Per-call listeners: the eager ones hear the start now; the on-demand ones when
         # the call first has something to say (see _speak), or now while the dependency
-        # is in trouble, unless a driver ran the first attempt already (``resumed``).
+        # is in trouble or when the driver asks (``up_front``: an attempts() loop, whose
+        # body may open spans of its own around each attempt), unless a driver ran the
+        # first attempt already (``resumed``).
         self._scopes: _events.Scopes | None = None
         self._pending: tuple[_events.Listener, ...] = ()
         if _events.call_listeners:
             eager = _events.eager_listeners
             pending = _events.on_demand_listeners
-            if pending and not resumed and guard.breaker.troubled():
+            if pending and not resumed and (up_front or guard.breaker.troubled()):
                 eager, pending = _events.call_listeners, ()
             self._scopes = _events.start_call(guard.name, eager) if eager else []
             self._pending = pending
@@ -338,7 +341,7 @@ class Flow:
         rejection stays one frame short: an outage makes many of them.
         """
         guard = self.guard
-        token = guard.acquire()
+        token = guard.acquire(self.attempts > 0)  # a retry is not the throttle's to refuse
         if token == REJECTED:
             return self.refuse()
         self._token = token
@@ -378,14 +381,27 @@ class Flow:
             raise self.rejection
         return self.value
 
-    def resume(self, token: int, started: float, exc: BaseException, inner_failed: bool = False) -> object:
+    def resume(
+        self,
+        token: int,
+        started: float,
+        exc: BaseException | None,
+        inner_failed: bool = False,
+        result: Any = None,
+    ) -> object:
         """Take over a call whose first attempt a driver ran on its own (admitted
-        with ``token`` at ``started``) and that raised ``exc``: as :meth:`failed`.
+        with ``token`` at ``started``): it raised ``exc`` (as :meth:`failed`), or
+        returned ``result`` while a call inside judged it a failure (as :meth:`returned`,
+        a call with something to say).
         """
         self._token = token
         self._attempt_started = self.started = started
         self._previous_delay = 0.0
         self.attempts = 1
+        if exc is None:
+            if self._pending:
+                self._speak()
+            return self.returned(result, inner_failed)
         return self.failed(exc, inner_failed)
 
     def failed(self, exc: BaseException, inner_failed: bool = False) -> object:
@@ -394,14 +410,22 @@ class Flow:
         """
         self._admitted = False
         guard = self.guard
+        if self._pending:
+            # A failure is something to say: the span starts before the breaker records it,
+            # so that a transition it causes lands on the span (a predicate that raises reads
+            # as a failure, as settle() reads it).
+            try:
+                failing = inner_failed or bool(guard.judge.judge(exc, None))
+            except Exception:  # noqa: BLE001
+                failing = True
+            if failing:
+                self._speak()
         try:
             failed = settle(
                 guard.breaker, guard.judge, self._token, self._attempt_started, exc, inner_failed=inner_failed
             )
         finally:
             self._end_retry()
-        if failed and self._pending:
-            self._speak()
         if guard.retry.should_retry(exc):
             delay = self._retry_delay(exc, None)
             if delay is not None:

@@ -157,11 +157,13 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
                     in_flight.pop()
                 except IndexError:  # begun before a fork, ended in the child (otelres._budget)
                     pass
-            if first is None:
+            if first is None and not (listening and inner_failed):
                 guard.record(token, inner_failed, started)
                 if listening:
-                    _events.plain_success(guard.name, guard.now() - started)
+                    _events.plain_success(guard.name, guard.now() - started, listening)
                 return result
+            # Failed, or returned while a call inside judged it a failure (with listeners:
+            # something to say): the Flow takes over.
             step: object = _RESUME
         elif not listening:
             raise guard.rejected()
@@ -175,7 +177,8 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
         step = None
     try:
         if step is _RESUME:
-            step = flow.resume(token, started, first, inner_failed)  # type: ignore[arg-type] # set with it
+            # ``result`` is read only when the attempt returned (unset when it raised).
+            step = flow.resume(token, started, first, inner_failed, result if first is None else None)
         elif step is _REFUSED:
             flow.refuse()
             return flow.end()  # type: ignore[no-any-return] # raises the rejection (a fast guard has no fallback)
@@ -242,11 +245,13 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
                     in_flight.pop()
                 except IndexError:  # begun before a fork, ended in the child (otelres._budget)
                     pass
-            if first is None:
+            if first is None and not (listening and inner_failed):
                 guard.record(token, inner_failed, started)
                 if listening:
-                    _events.plain_success(guard.name, guard.now() - started)
+                    _events.plain_success(guard.name, guard.now() - started, listening)
                 return result
+            # Failed, or returned while a call inside judged it a failure (with listeners:
+            # something to say): the Flow takes over.
             step: object = _RESUME
         elif not listening:
             raise guard.rejected()
@@ -260,7 +265,8 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
         step = None
     try:
         if step is _RESUME:
-            step = flow.resume(token, started, first, inner_failed)  # type: ignore[arg-type] # set with it
+            # ``result`` is read only when the attempt returned (unset when it raised).
+            step = flow.resume(token, started, first, inner_failed, result if first is None else None)
         elif step is _REFUSED:
             flow.refuse()
             return flow.end()  # type: ignore[no-any-return] # raises the rejection (a fast guard has no fallback)
@@ -443,7 +449,9 @@ class Resilience:
         if not guard.enabled:
             yield Attempt(None)
             return
-        flow = Flow(guard, (), {}, None, enclosing())
+        # The span up front: the loop body may open spans of its own around each attempt,
+        # and one started inside them would be detached out of order.
+        flow = Flow(guard, (), {}, None, enclosing(), up_front=True)
         try:
             while flow.admit():
                 attempt = Attempt(flow)

@@ -127,6 +127,11 @@ class Throttle:
         """
         self._clear()
 
+    def clear(self) -> None:
+        """Forget the window's counts (a breaker does when its probes close the circuit)."""
+        with self._lock:
+            self._clear()
+
     def _clear(self) -> None:
         size = len(self._ring_requests)
         self._ring_requests = [0] * size

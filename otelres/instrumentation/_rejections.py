@@ -77,13 +77,18 @@ _lock = threading.Lock()
 _fork.renew(sys.modules[__name__], "_lock")
 
 
-def _init(self: CircuitOpenError, breaker: str, retry_after: float) -> None:
+def _init(self: CircuitOpenError, breaker: str, retry_after: float, reason: str | None = None) -> None:
     # The library's part first, with the breaker's name as its message: its own
     # attributes are set as its constructor sets them (redis-py's error_type,
     # psycopg's diagnostics, httpx's request, requests' request and response).
     super(CircuitOpenError, self).__init__(breaker)
-    # Then the two figures, where CircuitOpenError reads them (and pickles them).
-    self.args = (breaker, retry_after)
+    # Then the figures, where CircuitOpenError reads them (and pickles them): the reason
+    # only when it is not the open circuit's (``throttled``).
+    self.args = (
+        (breaker, retry_after)
+        if reason is None or reason == "circuit_open"
+        else (breaker, retry_after, reason)
+    )
 
 
 def _make(library: str) -> type[CircuitOpenError]:

@@ -261,3 +261,24 @@ def test_capture_events_holds_the_core_records(clock: FakeClock) -> None:
     assert [e.kind for e in events.events] == ["fallback", "call"]
     assert events.events[0].reason == "ConnectionError"
     assert all(isinstance(e, otelres.Event) for e in events.events)
+
+
+def test_an_eager_listener_registered_during_a_plain_call_hears_nothing_of_it(clock: FakeClock) -> None:
+    """The fast path chose its listeners when the call began: one registered meanwhile (another
+    thread) hears neither the start nor the end of that call."""
+    on_demand = OnDemand()
+    eager = Recorder()
+    otelres.add_listener(on_demand)
+    res = otelres.Resilience("dep", clock=clock)
+
+    def registers() -> str:
+        otelres.add_listener(eager)
+        return "ok"
+
+    try:
+        assert res.call(registers) == "ok"
+    finally:
+        otelres.remove_listener(eager)
+        otelres.remove_listener(on_demand)
+    assert eager.events == []
+    assert on_demand.scopes == [None]

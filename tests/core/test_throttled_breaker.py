@@ -164,3 +164,65 @@ def test_with_a_throttle_the_breaker_trips_only_past_what_the_throttle_holds(
             breaker.record(token, i >= 100 - failed, clock.monotonic())
     assert below.state is otelres.State.CLOSED
     assert at.state is otelres.State.OPEN
+
+
+def test_a_retry_is_not_throttled_and_the_real_error_comes_back(clock: FakeClock) -> None:
+    """The throttle refuses calls, not their retries (the retry budget bounds those): a retried
+    call whose throttle would refuse everything still makes its retry and ends with its own error."""
+    policy = otelres.BreakerPolicy(
+        minimum_calls=10_000, throttle=otelres.ThrottlePolicy(min_requests=1, max_rejection=1.0, k=1.0)
+    )
+    res = otelres.Resilience("svc", clock=clock, breaker=policy, retry=otelres.RetryPolicy(jitter="none"))
+    throttle = res.breaker.throttle
+    assert throttle is not None
+    throttle._random = lambda: 0.0
+    attempts: list[int] = []
+
+    def fail() -> None:
+        attempts.append(1)
+        raise ConnectionError("refused")
+
+    with pytest.raises(ConnectionError):
+        res.call(fail)  # the first attempt: the window is empty, nothing to throttle yet
+    assert len(attempts) == 3
+    with pytest.raises(otelres.CircuitOpenError) as info:
+        res.call(fail)  # a new call: throttled before its first attempt
+    assert info.value.reason == "throttled"
+    assert len(attempts) == 3
+
+
+def test_a_circuit_closed_by_its_probes_starts_its_throttle_afresh(clock: FakeClock) -> None:
+    """The failures that opened the circuit do not go on throttling a dependency its probes proved
+    healthy: closing after half-open clears the throttle's window."""
+    breaker = otelres.CircuitBreaker(
+        "svc", otelres.BreakerPolicy(throttle=otelres.ThrottlePolicy()), clock=clock
+    )
+    for _ in range(20):
+        breaker.on_failure(breaker.acquire(), clock.monotonic())
+    assert breaker.state is otelres.State.OPEN
+    throttle = breaker.throttle
+    assert throttle is not None
+    assert throttle.rejection_probability() > 0.8
+    clock.advance(5.0)
+    breaker.on_success(breaker.acquire(), clock.monotonic())
+    assert breaker.state is otelres.State.CLOSED
+    assert throttle.stats()[:3] == (0, 0, 0)
+    assert throttle.rejection_probability() == 0.0
+
+
+def test_a_throttle_given_in_code_is_kept() -> None:
+    """From code, as a BreakerPolicy's or as a ThrottlePolicy of its own (then the environment's
+    throttle keys give way to it, as for every section given whole in code)."""
+    settings = otelres.load_settings(env={}, overrides={"breaker": otelres.BreakerPolicy(throttle=EAGER)})
+    assert settings.default.breaker.throttle == EAGER
+    assert settings.default.throttle == EAGER
+    settings = otelres.load_settings(
+        env={"OTELRES_THROTTLE_K": "3"}, overrides={"throttle": otelres.ThrottlePolicy(k=1.5)}
+    )
+    assert settings.default.breaker.throttle == otelres.ThrottlePolicy(k=1.5)
+    settings = otelres.load_settings(
+        env={"OTELRES_THROTTLE_ENABLED": "true"}, overrides={"breaker": otelres.BreakerPolicy(throttle=EAGER)}
+    )
+    assert settings.default.breaker.throttle == EAGER
+    with pytest.raises(otelres.ConfigError):
+        otelres.load_settings(env={}, overrides={"throttle": 2.0})

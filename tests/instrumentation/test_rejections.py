@@ -85,6 +85,19 @@ def test_figures_message_and_pickle_are_circuit_open_errors(library: str) -> Non
     assert (type(copy), copy.args, str(copy)) == (type(error), error.args, str(error))
 
 
+@pytest.mark.parametrize("library", sorted(LIBRARY_ERRORS))
+def test_a_throttled_rejection_is_the_librarys_error_too(library: str) -> None:
+    """The throttle's rejection (reason throttled) is made by the same class, reads its reason back,
+    says so in its message, and survives a pickle."""
+    error = rejection_class(library)("svc://db:1/app", 0.0, "throttled")
+    assert error.args == ("svc://db:1/app", 0.0, "throttled")
+    assert (error.breaker, error.retry_after, error.reason) == ("svc://db:1/app", 0.0, "throttled")
+    assert "throttled" in str(error)
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert (type(copy), copy.args, copy.reason) == (type(error), error.args, "throttled")
+    assert rejection_class(library)("b", 1.0, "circuit_open").args == ("b", 1.0)
+
+
 def test_library_parts_are_initialised() -> None:
     """The library's own attributes are there, as its constructor sets them (no AttributeError)."""
     made = {library: rejection_class(library)("b", 1.0) for library in LIBRARY_ERRORS}

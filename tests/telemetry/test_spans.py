@@ -595,3 +595,67 @@ def test_a_caller_error_is_no_reason_for_a_span(otel: Otel, mode: str) -> None:
         run(mode, res, Script(KeyError, tracer=otel.tracer))
     assert otel.call_spans() == []
     assert [s.kind for s in otel.spans()] == [SpanKind.CLIENT]
+
+
+@pytest.mark.parametrize("trouble", [False, True])
+def test_an_attempts_loop_whose_body_opens_spans_leaves_the_context_as_it_was(
+    otel: Otel, trouble: bool
+) -> None:
+    """`with tracer.start_as_current_span("op"), attempt:` in an attempts() loop: the call span
+    starts up front (one started inside the body's span would be detached out of order, leaving
+    the ended "op" current after the loop)."""
+    res = resilience()
+    if trouble:
+        in_trouble(res)
+    dep = Script(ConnectionError, "ok")
+    before = trace.get_current_span()
+    for attempt in res.attempts():
+        with otel.tracer.start_as_current_span("op"), attempt:
+            dep()
+    assert trace.get_current_span() is before
+    call = otel.the_call_span()
+    ops = [s for s in otel.spans() if s.name == "op"]
+    assert len(ops) == 2
+    for op in ops:
+        assert_child_of(op, call)
+
+
+def test_an_aattempts_loop_leaves_the_context_as_it_was(otel: Otel) -> None:
+    res = resilience()
+    dep = Script(ConnectionError, "ok")
+
+    async def main() -> tuple[object, object]:
+        before = trace.get_current_span()
+        async for attempt in res.aattempts():
+            with otel.tracer.start_as_current_span("op"), attempt:
+                dep()
+        return before, trace.get_current_span()
+
+    before, after = asyncio.run(main())
+    assert after is before
+
+
+def test_a_quiet_time_failure_that_trips_carries_the_transition(otel: Otel, mode: str) -> None:
+    """The first failure after a quiet spell trips a breaker that opens at once: the call's span
+    starts before the breaker records the failure, so the transition is on it, not on the caller's."""
+    res = resilience(
+        breaker=otelres.BreakerPolicy(consecutive_failures=1), retry=NO_JITTER.evolve(attempts=1)
+    )
+    with otel.tracer.start_as_current_span("handler"), pytest.raises(ConnectionError):
+        run(mode, res, Script(ConnectionError))
+    call = otel.the_call_span()
+    (handler,) = [s for s in otel.spans() if s.name == "handler"]
+    assert names.EVENT_CIRCUIT_TRANSITION in event_names(call)
+    assert names.EVENT_CIRCUIT_TRANSITION not in event_names(handler)
+
+
+def test_a_return_the_breaker_counted_as_a_failure_has_its_span(otel: Otel) -> None:
+    """A call through the same breaker inside the attempt judged it a failure (a patched client's
+    503 returned as a response): the breaker counts a failure, and the call has its span."""
+    outer = resilience()
+    inner = otelres.Resilience(NAME, breaker=outer.breaker, retry=otelres.RetryPolicy(attempts=1))
+    inner.guard.judge = otelres.BreakerPolicy(failure_result=lambda r: r == 503)
+    before = outer.breaker.stats().failures
+    assert outer.call(lambda: inner.call(lambda: 503)) == 503
+    assert outer.breaker.stats().failures == before + 1
+    assert len(otel.call_spans()) == 1
