@@ -373,13 +373,19 @@ def _call_with_retry(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs:
     """redis-py's ``Retry.call_with_retry`` (sync and asyncio): one attempt within
     a wrapped call that otelres retries, as configured anywhere else.
     """
+    global _last_once  # noqa: PLW0603 - a one-entry cache in front of _onces
     if not _one_attempt.get():
         return wrapped(*args, **kwargs)
-    found = _onces.get(id(instance))
+    # A command's connection retries twice with its Retry (connect, then the command),
+    # and the pool hands the same connection to the next command: the last one first.
+    found = _last_once
     # The copy stands while the Retry holds what it was copied from (update_retries,
     # update_supported_errors or a new backoff make a new copy).
-    if found is None or found[0]() is not instance or found[1] != instance.__dict__:
-        found = _once(instance)
+    if found[0]() is not instance or found[1] != instance.__dict__:
+        kept = _onces.get(id(instance))
+        if kept is None or kept[0]() is not instance or kept[1] != instance.__dict__:
+            kept = _once(instance)
+        _last_once = found = kept
     once = found[2]
     return wrapped(*args, **kwargs) if once is None else wrapped.__func__(once, *args, **kwargs)
 
@@ -429,6 +435,17 @@ def _not_kept() -> None:
 
 #: In place of a weak reference to a Retry that is not kept: it never matches.
 _NOT_KEPT: Callable[[], Any] = _not_kept
+#: The :func:`_once` that :func:`_call_with_retry` used last.
+_last_once: _Once = (_NOT_KEPT, None, None)
+
+
+def _forget_all() -> None:
+    """Forget every pool, Retry and command (uninstrumented)."""
+    global _last_once  # noqa: PLW0603
+    _pools.clear()
+    _onces.clear()
+    _reasons.clear()
+    _last_once = (_NOT_KEPT, None, None)
 
 
 class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
@@ -451,6 +468,4 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc] # untyped base
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _patches.restore()
-        _pools.clear()
-        _onces.clear()
-        _reasons.clear()
+        _forget_all()
