@@ -10,10 +10,10 @@
 - A body that cannot be replayed (a generator, a stream, a file) is never retried.
 - ``Retry-After`` (seconds or HTTP date) replaces the backoff, up to the cap.
 
-Every patched request runs :func:`plan_request` first, so it is kept cheap: a URL's
-breaker name is remembered by the URL's start (``scheme://user@host:port``, never a
-path; a bounded map), and a request's headers are read only when its method
-alone does not settle whether it may be retried.
+What runs before every patched request is kept cheap: a URL's breaker name is
+remembered (by the URL's start, ``scheme://host:port``, never a path; a bounded
+map), and a request's headers are read only when its method alone does not
+settle whether it may be retried (:func:`retry_reason`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from otelres._backoff import parse_retry_after
 from otelres._flow import current_attempt
 from otelres._idempotency import unsafe_retries_allowed
-from otelres._registry import Profile, default_registry
+from otelres._registry import Profile
 
 from ._common import mark_resend
 
@@ -49,7 +49,7 @@ __all__ = [
     "host_breaker_name",
     "marking_resend",
     "no_retry_reason",
-    "plan_request",
+    "retry_reason",
     "url_breaker_name",
 ]
 
@@ -284,25 +284,18 @@ HTTP = Profile(
 )
 
 
-def plan_request(
-    profile: Profile,
-    name: str,
-    method: str,
-    headers: Mapping[str, Any] | None,
-    replayable: bool,
-) -> tuple[Guard, str | None]:
-    """The guard of the destination ``name`` (see :func:`url_breaker_name`) for a
-    caller of ``profile`` (a copy of :data:`HTTP`) and why the request must not be
-    retried (None: it may be). ``headers`` (the headers sent) are read only when
-    the method is not idempotent: a caller may pass None for a replayable request
-    whose ``method`` is in :data:`IDEMPOTENT_METHODS`.
+def retry_reason(
+    guard: Guard, method: str, headers: Mapping[str, Any] | None, replayable: bool
+) -> str | None:
+    """Why a request through ``guard`` must not be retried (None: it may be): see
+    :func:`no_retry_reason`, with the destination's ``http.retry_unsafe``.
+
+    A replayable request whose ``method`` is in :data:`IDEMPOTENT_METHODS` may always
+    be: the integrations settle that case without a call, and without reading headers.
     """
-    guard = default_registry().guard(name, profile)
-    if replayable and method in IDEMPOTENT_METHODS:
-        return guard, None  # the plain case: nothing else to read
     target = guard.target
     unsafe_ok = target is not None and target.http.retry_unsafe
-    return guard, no_retry_reason(method, headers, replayable, unsafe_ok)
+    return no_retry_reason(method, headers, replayable, unsafe_ok)
 
 
 def marking_resend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -24,17 +24,19 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from otelres._deadline import caller_deadline_binds, mark_caller_deadline, time_left
+from otelres._registry import default_registry
 from otelres._resilience import arun, run
 
 from ._common import Patches, ensure_telemetry, inside, should_wrap
 from ._http import (
     DEADLINE_EXCEEDED,
     HTTP,
+    IDEMPOTENT_METHODS,
     cap_timeout,
     cut_by_deadline,
     host_breaker_name,
     marking_resend,
-    plan_request,
+    retry_reason,
 )
 from ._rejections import module_getattr, rejection_class, with_rejection
 
@@ -69,9 +71,13 @@ def _plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | Non
     name = host_breaker_name(url.scheme, url.raw_host, url.port)
     if name is None:
         return None
+    guard = default_registry().guard(name, _PROFILE)
     stream = request.stream
     replayable = type(stream) is httpx.ByteStream or isinstance(stream, httpx.ByteStream)
-    return plan_request(_PROFILE, name, request.method, request.headers, replayable)
+    method = request.method
+    if replayable and method in IDEMPOTENT_METHODS:
+        return guard, None
+    return guard, retry_reason(guard, method, request.headers, replayable)
 
 
 def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

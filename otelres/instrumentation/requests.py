@@ -30,6 +30,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from otelres._deadline import caller_deadline_binds, mark_caller_deadline, time_left
+from otelres._registry import default_registry
 from otelres._resilience import run
 
 from ._common import Patches, ensure_telemetry, inside, should_wrap
@@ -40,7 +41,7 @@ from ._http import (
     cap_timeout,
     cut_by_deadline,
     marking_resend,
-    plan_request,
+    retry_reason,
     url_breaker_name,
 )
 from ._rejections import module_getattr, with_rejection
@@ -194,13 +195,14 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     replayable = ("data" not in named and "files" not in named) or _replayable(
         named.get("data"), named.get("files")
     )
+    guard = default_registry().guard(name, _PROFILE)
     method = str(method)
-    headers = None
+    reason = None
     if not (replayable and method in IDEMPOTENT_METHODS):
-        # Read only when they matter (an Idempotency-Key). The session's headers count
-        # too: requests merges them in later, when it prepares the request.
+        # The headers matter (an Idempotency-Key): the session's count too, which
+        # requests merges in later, when it prepares the request.
         headers = _sent_headers(getattr(instance, "headers", None), named.get("headers"))
-    guard, reason = plan_request(_PROFILE, name, method, headers, replayable)
+        reason = retry_reason(guard, method, headers, replayable)
     left = time_left()
     if left is not None:
         if left <= 0:

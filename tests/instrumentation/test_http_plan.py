@@ -9,7 +9,7 @@ new settings, a new registry or a cleared one reach the very next request.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -19,6 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import otelres
+import otelres.instrumentation.requests
 from otelres import CircuitBreaker
 from otelres._config import load_settings
 from otelres._registry import Registry, set_default_registry
@@ -29,7 +30,7 @@ from otelres.instrumentation._http import (
     NAMES_MAX,
     breaker_name,
     host_breaker_name,
-    plan_request,
+    retry_reason,
     url_breaker_name,
 )
 from otelres.testing import capture_events
@@ -143,19 +144,39 @@ def test_credentials_reach_neither_a_name_nor_the_cache() -> None:
     assert not any("s3cr3t" in repr(key) or "alice" in repr(key) for key in _http._NAMES)
 
 
-def test_a_plain_request_reads_no_headers() -> None:
-    """A replayable GET is settled by its method: its headers are never read."""
+def test_retry_reason() -> None:
+    """Replayable and idempotent, or carrying an Idempotency-Key, or configured: None."""
+    guard = otelres.default_registry().guard("http://h.example:80", HTTP)
+    assert retry_reason(guard, "POST", {"Idempotency-Key": "k"}, True) is None
+    assert retry_reason(guard, "POST", None, True) == "not_idempotent"
+    assert retry_reason(guard, "get", None, True) is None
+    assert retry_reason(guard, "GET", None, False) == "not_replayable"
+    otelres.configure(load_settings(overrides={"http.retry_unsafe": True}))
+    unsafe_ok = otelres.default_registry().guard("http://h.example:80", HTTP)
+    assert retry_reason(unsafe_ok, "PATCH", None, True) is None
 
-    class Untouchable(dict[str, str]):
-        def __iter__(self) -> Iterator[str]:
-            raise AssertionError("headers read")
 
-    guard, reason = plan_request(HTTP, "http://h.example:80", "GET", Untouchable(), True)
-    assert reason is None
-    assert guard.name == "http://h.example:80"
-    assert plan_request(HTTP, "http://h.example:80", "POST", {"Idempotency-Key": "k"}, True)[1] is None
-    assert plan_request(HTTP, "http://h.example:80", "POST", None, True)[1] == "not_idempotent"
-    assert plan_request(HTTP, "http://h.example:80", "get", None, False)[1] == "not_replayable"
+def test_a_plain_request_reads_no_headers(
+    server: FlakyServer, instrument: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replayable GET through requests is settled by its method: the headers requests will
+    send are not worked out; a POST's are (an Idempotency-Key may make it retryable).
+    """
+    merged: list[object] = []
+    real = otelres.instrumentation.requests._sent_headers
+
+    def sent_headers(*sources: Any) -> dict[str, Any]:
+        merged.append(sources)
+        return real(*sources)
+
+    monkeypatch.setattr(otelres.instrumentation.requests, "_sent_headers", sent_headers)
+    instrument()
+    with requests.Session() as session:
+        session.get(server.url, timeout=5)
+        session.put(server.url, data=b"x", timeout=5)
+        assert merged == []
+        session.post(server.url, data=b"x", timeout=5)
+        assert len(merged) == 1
 
 
 def _attempts(breaker: CircuitBreaker) -> int:
