@@ -20,7 +20,9 @@ without effect. The server middleware (:mod:`otelres.server._shedding`) drives t
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
+import sys
 import threading
 import weakref
 from typing import TYPE_CHECKING, NamedTuple
@@ -106,6 +108,39 @@ class Permit:
         self._limiter._release(self, measured=measured)
 
 
+#: Requests shed in this process by reason, over every limiter it has had: a counter must not
+#: go down when a limiter that shed requests is collected. Counted lock-free (one next() per
+#: shed); :func:`shed_total` reads them.
+_SHED_TOTAL = {reason: itertools.count() for reason in SHED_REASONS}
+_shed_reads = dict.fromkeys(SHED_REASONS, 0)
+_shed_lock = threading.Lock()
+_fork.renew(sys.modules[__name__], "_shed_lock")
+
+
+def _after_fork_in_child() -> None:
+    """A forked child reports its own sheds, from zero."""
+    global _SHED_TOTAL, _shed_reads  # noqa: PLW0603 - replaced whole in the child
+    _SHED_TOTAL = {reason: itertools.count() for reason in SHED_REASONS}
+    _shed_reads = dict.fromkeys(SHED_REASONS, 0)
+
+
+def shed_total() -> dict[str, int]:
+    """Requests shed in this process so far, by reason, whatever became of their limiters."""
+    with _shed_lock:
+        totals = {}
+        for reason, counter in _SHED_TOTAL.items():
+            totals[reason] = next(counter) - _shed_reads[reason]  # this read takes one value itself
+            _shed_reads[reason] += 1
+        return totals
+
+
+def _headroom(limit: int, share: float) -> int:
+    """``ceil(limit * share)``, rounded first: 100 x 0.07 is 7.000000000000001 in floats, and
+    its headroom is 7, not 8.
+    """
+    return math.ceil(round(limit * share, 9))
+
+
 class Limiter:
     """What :class:`FixedLimit` and :class:`AdaptiveLimit` share: the count of requests in flight,
     admission under the limit (and, for critical requests, the headroom above it), the count of
@@ -156,7 +191,7 @@ class Limiter:
         """How many critical requests may be in flight beyond :attr:`limit`:
         ``ceil(limit * critical_headroom)``.
         """
-        return math.ceil(self._limit * self._critical_share)
+        return _headroom(self._limit, self._critical_share)
 
     @property
     def shed(self) -> dict[str, int]:
@@ -171,7 +206,7 @@ class Limiter:
         now = self._clock.monotonic()
         with self._lock:
             in_flight = self._in_flight
-            bound = self._limit + math.ceil(self._limit * self._critical_share) if critical else self._limit
+            bound = self._limit + _headroom(self._limit, self._critical_share) if critical else self._limit
             if in_flight >= bound:
                 return None
             self._in_flight = in_flight = in_flight + 1
@@ -183,6 +218,7 @@ class Limiter:
             raise ValueError(f"reason must be one of {SHED_REASONS}, not {reason!r}")
         with self._lock:
             self._shed[reason] += 1
+        next(_SHED_TOTAL[reason])  # the process's running total (a C call: atomic)
 
     def _release(self, permit: Permit, *, measured: bool) -> None:
         changed = None
@@ -354,7 +390,7 @@ class AdaptiveLimit(Limiter):
         return float(max(4, math.isqrt(limit)))
 
     def _sample(self, now: float, rtt: float, in_flight: int) -> LimitChange | None:
-        if not rtt >= MIN_RTT:  # also NaN, from a clock gone wrong
+        if not (rtt >= MIN_RTT and math.isfinite(rtt)):  # also NaN or inf, from a clock gone wrong
             return None
         if self._window_end is None:
             self._window_end = now + self.window

@@ -13,6 +13,7 @@ and the figures. Sheds and large moves of an adaptive limit are logged, at a bou
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -72,8 +73,11 @@ class Shedding(Generic[_Request]):
         show_details: bool = False,
         log_interval: float = 10.0,
     ) -> None:
-        if critical is not None and not callable(critical):
-            raise ConfigError("critical", critical, "a callable taking the request (environ, scope) or None")
+        if critical is not None and (not callable(critical) or inspect.iscoroutinefunction(critical)):
+            # A coroutine function's result is a coroutine, never awaited here, and always true.
+            raise ConfigError(
+                "critical", critical, "a plain (not async) callable of the request (environ, scope) or None"
+            )
         #: The limit and the requests in flight (``limiter.limit``, ``limiter.in_flight``, ``limiter.shed``).
         self.limiter = limiter_for(limit)
         self._critical = critical

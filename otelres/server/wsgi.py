@@ -128,8 +128,11 @@ def _answer(response: Response, start_response: StartResponse, exc_info: Any = N
 
 class _Body:
     """The app's body, iterated under the request's deadline (a streamed body makes
-    calls too) when there is one; ``close()`` is passed on as WSGI requires, and then
-    releases the request's place under the limit (measured when the body was sent in full).
+    calls too) when there is one; ``close()`` is passed on as WSGI requires. The
+    request's place under the limit is given back when the body has been sent in full
+    (measured), or at ``close()``, or, for a body a server or test client drops without
+    closing it, when it is collected (unmeasured): a place lost for good would shed every
+    request once ``limit`` of them were lost.
     """
 
     def __init__(
@@ -145,16 +148,22 @@ class _Body:
         limit = self._limit
         if limit is None:
             yield from self._result
-            self._complete = True
+            self._done()
             return
         chunks = iter(self._result)
         while True:
             with _deadline(max(0.0, limit - MONOTONIC.monotonic()), caller=self._caller):
                 chunk = next(chunks, None)
             if chunk is None:
-                self._complete = True
+                self._done()
                 return
             yield chunk
+
+    def _done(self) -> None:
+        """Sent in full: the place goes back now, measured (a second release does nothing)."""
+        self._complete = True
+        if self._permit is not None:
+            self._permit.release(measured=True)
 
     def close(self) -> None:
         try:
@@ -164,3 +173,8 @@ class _Body:
         finally:
             if self._permit is not None:
                 self._permit.release(measured=self._complete)
+
+    def __del__(self) -> None:
+        permit = self._permit
+        if permit is not None and not permit.released:
+            permit.release(measured=False)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from opentelemetry import metrics
 
 from otelres import _fork
-from otelres._limit import LIVE, SHED_REASONS
+from otelres._limit import LIVE, SHED_REASONS, shed_total
 
 from . import names
 
@@ -54,13 +54,11 @@ def _observe_in_flight(options: CallbackOptions) -> Iterable[Observation]:
 
 
 def _observe_shed(options: CallbackOptions) -> Iterable[Observation]:
-    limiters = _limiters()
-    if not limiters:
+    # The process's running totals, not a sum over the live limiters: a limiter collected after
+    # shedding would take its sheds with it, and a counter must not go down.
+    totals = shed_total()
+    if not any(totals.values()) and not _limiters():
         return []
-    totals = dict.fromkeys(SHED_REASONS, 0)
-    for limiter in limiters:
-        for reason, count in limiter.shed.items():
-            totals[reason] += count
     return [metrics.Observation(count, _REASONS[reason]) for reason, count in totals.items()]
 
 

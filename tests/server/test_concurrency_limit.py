@@ -19,6 +19,7 @@ from limit_support import WAIT, fork_and_read
 import otelres
 from otelres import AdaptiveLimit, ConfigError, FixedLimit
 from otelres._limit import LIVE, SHED_REASONS, LimitChange, Permit, watch
+from otelres.server import asgi
 from otelres.telemetry import names
 from otelres.testing import FakeClock
 
@@ -421,3 +422,34 @@ Admissions.TestCase.settings = settings(
     max_examples=150, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_admissions_stay_under_the_limit_in_force = Admissions.TestCase
+
+
+def test_an_infinite_or_nan_round_trip_teaches_nothing() -> None:
+    """A clock gone wrong (an infinite or NaN sample) must not poison the long-term average: the
+    limit would then only ever grow."""
+    clock = FakeClock()
+    limiter = otelres.AdaptiveLimit(window=1.0, window_samples=1, clock=clock)
+    for bad in (math.inf, math.nan):
+        permit = limiter.try_acquire()
+        assert permit is not None
+        permit._start = clock.monotonic() - bad
+        clock.advance(1.0)
+        permit.release()
+    assert math.isfinite(limiter.rtt)
+    assert math.isfinite(limiter.long_rtt)
+
+
+def test_the_headroom_is_rounded_before_its_ceiling() -> None:
+    """100 x 0.07 is 7.000000000000001 in floats: the headroom is 7 requests, not 8."""
+    assert otelres.FixedLimit(100, critical_headroom=0.07).headroom == 7
+
+
+def test_an_async_critical_predicate_is_refused() -> None:
+    """Its result would be a coroutine, never awaited, and always true: every request critical."""
+
+    async def critical(scope: object) -> bool:
+        return True
+
+    with pytest.raises(otelres.ConfigError) as info:
+        asgi.ResilienceMiddleware(object(), limit=2, critical=critical)  # type: ignore[arg-type]
+    assert info.value.key == "critical"

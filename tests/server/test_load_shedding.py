@@ -24,7 +24,7 @@ from server_stubs import StubReadiness
 
 import otelres
 from otelres import AdaptiveLimit, ConfigError, FixedLimit, asgi, wsgi
-from otelres._limit import LIVE
+from otelres._limit import LIVE, shed_total
 from otelres.server._shedding import Shedding
 from otelres.telemetry import names
 
@@ -245,9 +245,9 @@ def fully(app: Any, path: str) -> bytes:
 
 
 @pytest.mark.parametrize("deadline", [None, 5.0])
-def test_a_streamed_wsgi_body_holds_its_place_until_close(deadline: float | None) -> None:
-    """The body iterated to its end still holds the place (the server has not closed it); close()
-    releases it, and the app's own close() is called.
+def test_a_streamed_wsgi_body_holds_its_place_until_sent_in_full(deadline: float | None) -> None:
+    """A body partly iterated still holds the place; iterated to its end it gives it back
+    (measured); close() then calls the app's own close() and releases nothing twice.
     """
     closed = []
 
@@ -266,15 +266,36 @@ def test_a_streamed_wsgi_body_holds_its_place_until_close(deadline: float | None
     middleware = wsgi.ResilienceMiddleware(app, limit=1, deadline=deadline)
     seen, body = call(middleware)
     assert seen["status"] == "200 OK"
-    assert b"".join(body) == b"ab"
+    chunks = iter(body)
+    assert next(chunks) == b"a"
     assert middleware.limiter.in_flight == 1
     shed, rejected = call(middleware)
     assert shed["status"].startswith("503")
     assert list(rejected) == [b'{"error": "overloaded"}']
+    assert list(chunks) == [b"b"]
+    assert middleware.limiter.in_flight == 0
     body.close()
     assert closed == [True]
     assert middleware.limiter.in_flight == 0
     body.close()  # a server that closes twice releases once
+    assert middleware.limiter.in_flight == 0
+
+
+def test_a_wsgi_body_dropped_without_close_gives_its_place_back() -> None:
+    """A server or test client that drops the body unread and unclosed (werkzeug's test client
+    does) does not lose the place for good: it comes back, unmeasured, when the body is collected.
+    """
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    middleware = wsgi.ResilienceMiddleware(app, limit=1)
+    for _ in range(3):
+        seen, body = call(middleware)
+        assert seen["status"] == "200 OK"
+        del body
+        gc.collect()
     assert middleware.limiter.in_flight == 0
 
 
@@ -462,6 +483,7 @@ def test_the_limit_in_flight_and_sheds_are_metrics() -> None:
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: PLC0415
 
     gc.collect()  # the limiters of earlier tests are gone: the gauges sum the live ones
+    before = shed_total()  # the shed counter is the process's: earlier tests' sheds are in it
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     otelres.telemetry.enable(meter_provider=provider)
@@ -484,7 +506,38 @@ def test_the_limit_in_flight_and_sheds_are_metrics() -> None:
     assert [p.value for p in seen[names.SERVER_LIMIT]] == [3]
     assert [p.value for p in seen[names.SERVER_IN_FLIGHT]] == [2]
     assert [p.value for p in after[names.SERVER_IN_FLIGHT]] == [0]
-    shed = {p.attributes[names.ATTR_SHED_REASON]: p.value for p in after[names.SERVER_SHED]}
+    shed = {
+        p.attributes[names.ATTR_SHED_REASON]: p.value - before[p.attributes[names.ATTR_SHED_REASON]]
+        for p in after[names.SERVER_SHED]
+    }
     assert shed == {"limit": 1, "critical": 1}
     assert names.PROMETHEUS[names.SERVER_SHED] == "otelres_server_shed_total"
     assert json.dumps(sorted(shed)) == json.dumps(sorted(names.SHED_REASONS))
+
+
+def test_the_shed_counter_never_goes_down_when_a_limiter_is_collected() -> None:
+    """Sheds are counted for the process: a limiter collected after shedding keeps its sheds in
+    otelres.server.shed (a counter that went down would read as a reset, or a negative delta)."""
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: PLC0415
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    otelres.telemetry.enable(meter_provider=provider)
+    try:
+        keeper = otelres.FixedLimit(1)
+        gone = otelres.FixedLimit(1)
+        for _ in range(5):
+            gone.record_shed("limit")
+        keeper.record_shed("limit")
+        first = {p.attributes[names.ATTR_SHED_REASON]: p.value for p in metrics_of(reader)[names.SERVER_SHED]}
+        del gone
+        gc.collect()
+        second = {
+            p.attributes[names.ATTR_SHED_REASON]: p.value for p in metrics_of(reader)[names.SERVER_SHED]
+        }
+    finally:
+        otelres.telemetry.disable()
+        provider.shutdown()
+    assert second["limit"] == first["limit"] >= 6
+    assert keeper.shed["limit"] == 1
