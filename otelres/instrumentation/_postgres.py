@@ -281,6 +281,10 @@ class Driver:
         return default_registry().guard(name, self.connect)
 
 
+#: What a registry without the breaker of a name holds for it.
+_NO_ENTRY = (None, None)
+
+
 class _ConnectionRecord:
     """What the statements of one connection share: its database's breaker name,
     and that name's statement guard for the registry and settings it came from.
@@ -355,7 +359,12 @@ class Connections:
                 return None
         registry = default_registry()
         settings = registry.settings
-        if record.registry is not registry or record.settings is not settings:
+        if (
+            record.registry is not registry
+            or record.settings is not settings
+            # Registry.clear(): the breaker of the name is a new one.
+            or registry._entries.get(record.guard.name, _NO_ENTRY)[0] is not record.guard.breaker
+        ):
             record.guard = registry.guard(record.name, self.statement)
             record.registry, record.settings = registry, settings
         return record.guard

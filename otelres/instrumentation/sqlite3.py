@@ -156,6 +156,10 @@ def _attempt(conn: Any, method: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
+#: What a registry without the breaker of a name holds for it.
+_NO_ENTRY = (None, None)
+
+
 class _Database:
     """What the statements of one connection (and its cursors) share: the breaker
     name, and its statement guard for the registry and settings it came from.
@@ -174,7 +178,13 @@ class _Database:
         registry = default_registry()
         settings = registry.settings
         guard = self._guard
-        if guard is None or self._registry is not registry or self._settings is not settings:
+        if (
+            guard is None
+            or self._registry is not registry
+            or self._settings is not settings
+            # Registry.clear(): the breaker of the name is a new one.
+            or registry._entries.get(guard.name, _NO_ENTRY)[0] is not guard.breaker
+        ):
             self._guard = guard = registry.guard(self.name, _STATEMENT)
             self._registry, self._settings = registry, settings
         return guard

@@ -436,6 +436,17 @@ class DbContract(abc.ABC):
         assert self.fetchval(conn, "SELECT 1") == 1
         assert stats(pg.name).successes == first + 1
 
+    def test_a_connection_follows_a_cleared_registry(self, pg: Pg, instrument: Callable[..., None]) -> None:
+        """After the registry forgets its breakers, statements go through the new breaker of the name."""
+        instrument()
+        conn = self.connect(pg.dsn())
+        assert self.fetchval(conn, "SELECT 1") == 1
+        otelres.default_registry().clear()
+        assert self.fetchval(conn, "SELECT 1") == 1
+        assert stats(pg.name).successes == 1
+        with forced_state(pg.name, State.FORCED_OPEN), pytest.raises(otelres.CircuitOpenError):
+            self.fetchval(conn, "SELECT 1")
+
     def test_what_a_connection_keeps_goes_with_it(self, pg: Pg, instrument: Callable[..., None]) -> None:
         """The name and guard otelres keeps for a connection are dropped when the connection is:
         many connections over time keep no more than the live ones.

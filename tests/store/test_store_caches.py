@@ -76,6 +76,17 @@ def test_a_client_follows_a_new_registry(client: Any) -> None:
     assert default_registry().get(name).stats().successes == first + 1
 
 
+def test_a_client_follows_a_cleared_registry(client: Any) -> None:
+    """After the registry forgets its breakers, commands go through the new breaker of the name."""
+    name = ours.breaker_name(client.connection_pool)
+    client.ping()
+    default_registry().clear()
+    client.ping()
+    assert default_registry().get(name).stats().successes == 1
+    with forced_state(name, State.FORCED_OPEN), pytest.raises(otelres.CircuitOpenError):
+        client.ping()
+
+
 def test_a_retry_set_on_the_pool_is_the_applications(client: Any, proxy: FlakyProxy) -> None:
     """A pool given a Retry of the application's after its first command leaves the retrying
     to redis-py from then on (and otelres's own retries while it had redis-py's default).
@@ -259,7 +270,7 @@ def test_sqlite_connection_follows_settings_and_registry(
     instrument: Callable[..., None], tmp_path: Path
 ) -> None:
     """A connection's statements (and its cursors') go through the guard of the settings and
-    registry in force, not the ones of their first statement.
+    registry in force (a cleared registry's new breaker too), not the ones of their first statement.
     """
     instrument()
     conn = sqlite3.connect(tmp_path / "app.db")
@@ -285,5 +296,10 @@ def test_sqlite_connection_follows_settings_and_registry(
             assert default_registry().get(name).stats().successes == 2
         finally:
             set_default_registry(previous)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        default_registry().clear()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert cursor.execute("SELECT 2").fetchone() == (2,)
+        assert default_registry().get(name).stats().successes == 2
     finally:
         conn.close()
