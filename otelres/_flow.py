@@ -194,6 +194,7 @@ class Guard:
         "plain_results",
         "random",
         "record",
+        "result_checks",
         "retry",
         "target",
     )
@@ -241,8 +242,15 @@ class Guard:
             and retry.retry_on_result is None
             and (fallback is None or not fallback.caches)
         )
-        #: True when the drivers may run a first attempt without a Flow.
-        self.fast = enabled and self.plain_results and fallback is None
+        #: The predicates that look at a result (the breaker's failure_result, the retry's
+        #: retry_on_result): the drivers' fast path asks them, and hands a result any of
+        #: them flags (or that makes one raise) to a Flow, which judges it in full.
+        self.result_checks: tuple[Callable[[Any], object], ...] = tuple(
+            check for check in (self.judge.failure_result, retry.retry_on_result) if check is not None
+        )
+        #: True when the drivers may run a first attempt without a Flow (a fallback, caching or
+        #: not, needs one).
+        self.fast = enabled and fallback is None
 
     def __repr__(self) -> str:
         return f"Guard({self.name!r}, state={self.breaker.state.value})"

@@ -158,12 +158,19 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
                 except IndexError:  # begun before a fork, ended in the child (otelres._budget)
                     pass
             if first is None and not (listening and inner_failed):
-                guard.record(token, inner_failed, started)
-                if listening:
-                    _events.plain_success(guard.name, guard.now() - started, listening)
-                return result
-            # Failed, or returned while a call inside judged it a failure (with listeners:
-            # something to say): the Flow takes over.
+                for check in guard.result_checks:  # an HTTP response's status, say
+                    try:
+                        if check(result):
+                            break  # a result to judge in full: the Flow
+                    except Exception:  # noqa: BLE001 - the Flow asks again and reads it as a failure
+                        break
+                else:
+                    guard.record(token, inner_failed, started)
+                    if listening:
+                        _events.plain_success(guard.name, guard.now() - started, listening)
+                    return result
+            # Failed, returned what a check flags, or returned while a call inside judged it a
+            # failure (with listeners: something to say): the Flow takes over.
             step: object = _RESUME
         elif not listening:
             raise guard.rejected()
@@ -246,12 +253,19 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
                 except IndexError:  # begun before a fork, ended in the child (otelres._budget)
                     pass
             if first is None and not (listening and inner_failed):
-                guard.record(token, inner_failed, started)
-                if listening:
-                    _events.plain_success(guard.name, guard.now() - started, listening)
-                return result
-            # Failed, or returned while a call inside judged it a failure (with listeners:
-            # something to say): the Flow takes over.
+                for check in guard.result_checks:  # an HTTP response's status, say
+                    try:
+                        if check(result):
+                            break  # a result to judge in full: the Flow
+                    except Exception:  # noqa: BLE001 - the Flow asks again and reads it as a failure
+                        break
+                else:
+                    guard.record(token, inner_failed, started)
+                    if listening:
+                        _events.plain_success(guard.name, guard.now() - started, listening)
+                    return result
+            # Failed, returned what a check flags, or returned while a call inside judged it a
+            # failure (with listeners: something to say): the Flow takes over.
             step: object = _RESUME
         elif not listening:
             raise guard.rejected()

@@ -125,6 +125,12 @@ def call_inside(
     flag of the integration's) is True while it runs.
     """
     # Not passing_through(): a generator context manager's cost on every call.
+    if also is None:
+        token = inside.set(True)
+        try:
+            return run(guard, wrapped, args, kwargs, reason)
+        finally:
+            inside.reset(token)
     tokens = _enter(also)
     try:
         return run(guard, wrapped, args, kwargs, reason)
@@ -142,6 +148,12 @@ async def acall_inside(
     also: contextvars.ContextVar[bool] | None = None,
 ) -> Any:
     """The async :func:`call_inside`."""
+    if also is None:
+        token = inside.set(True)
+        try:
+            return await arun(guard, wrapped, args, kwargs, reason)
+        finally:
+            inside.reset(token)
     tokens = _enter(also)
     try:
         return await arun(guard, wrapped, args, kwargs, reason)
