@@ -225,3 +225,36 @@ def test_success_in_trouble_builds_a_flow(otel: Otel, flows: Flows, mode: str) -
     assert flows.built == 3
     assert len(otel.call_spans()) == 3
     assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"success": 3}
+
+
+def test_a_result_a_check_passes_keeps_the_fast_path(otel: Otel, flows: Flows, mode: str) -> None:
+    """With result predicates (an HTTP integration's 5xx check), a result they pass builds no Flow
+    and no span; one they flag goes to the Flow, which judges it in full (a failure, its span)."""
+    judged = otelres.BreakerPolicy(failure_result=lambda r: r == 503)
+    res = resilience(breaker=judged, retry=otelres.RetryPolicy(attempts=1))
+    for _ in range(3):
+        assert run(mode, res, Script(200)) == 200
+    assert flows.built == 0
+    assert otel.call_spans() == []
+    assert run(mode, res, Script(503)) == 503
+    assert flows.built == 1
+    (span,) = otel.call_spans()
+    assert span.attributes[names.ATTR_OUTCOME] == "failure"
+    assert otel.values(names.CALLS, names.ATTR_OUTCOME) == {"success": 3, "failure": 1}
+    assert res.breaker.stats().failures == 1
+
+
+def test_a_result_check_that_raises_sends_the_call_to_the_flow(otel: Otel, flows: Flows) -> None:
+    """A predicate that raises is the Flow's to read (the breaker counts a failure and the bug
+    reaches the caller, as before the fast path asked), not the fast path's to ignore."""
+
+    def broken(result: object) -> bool:
+        raise RuntimeError("bug in the predicate")
+
+    res = resilience(
+        breaker=otelres.BreakerPolicy(failure_result=broken), retry=otelres.RetryPolicy(attempts=1)
+    )
+    with pytest.raises(RuntimeError, match="bug in the predicate"):
+        res.call(Script("ok"))
+    assert flows.built == 1
+    assert res.breaker.stats().failures == 1
