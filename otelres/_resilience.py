@@ -116,6 +116,17 @@ async def _aride(
 _REJECTING = (State.OPEN, State.FORCED_OPEN)
 
 
+def _passes(checks: tuple[Callable[[Any], object], ...], result: Any) -> bool:
+    """Whether no result check flags ``result`` (an HTTP response's status, say): True keeps
+    the fast path; False, or a check that raises, hands the result to the Flow, which judges
+    it in full (a check that raises reads as a failure there).
+    """
+    try:
+        return not any(check(result) for check in checks)
+    except Exception:  # noqa: BLE001 - the Flow asks again
+        return False
+
+
 def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra call
     guard: Guard,
     fn: Callable[..., _T],
@@ -157,18 +168,15 @@ def run(  # noqa: PLR0915 - one loop in one frame: the hot path pays no extra ca
                     in_flight.pop()
                 except IndexError:  # begun before a fork, ended in the child (otelres._budget)
                     pass
-            if first is None and not (listening and inner_failed):
-                for check in guard.result_checks:  # an HTTP response's status, say
-                    try:
-                        if check(result):
-                            break  # a result to judge in full: the Flow
-                    except Exception:  # noqa: BLE001 - the Flow asks again and reads it as a failure
-                        break
-                else:
-                    guard.record(token, inner_failed, started)
-                    if listening:
-                        _events.plain_success(guard.name, guard.now() - started, listening)
-                    return result
+            if (
+                first is None
+                and not (listening and inner_failed)
+                and (not guard.result_checks or _passes(guard.result_checks, result))
+            ):
+                guard.record(token, inner_failed, started)
+                if listening:
+                    _events.plain_success(guard.name, guard.now() - started, listening)
+                return result
             # Failed, returned what a check flags, or returned while a call inside judged it a
             # failure (with listeners: something to say): the Flow takes over.
             step: object = _RESUME
@@ -252,18 +260,15 @@ async def arun(  # noqa: PLR0915 - one loop in one frame: the hot path pays no e
                     in_flight.pop()
                 except IndexError:  # begun before a fork, ended in the child (otelres._budget)
                     pass
-            if first is None and not (listening and inner_failed):
-                for check in guard.result_checks:  # an HTTP response's status, say
-                    try:
-                        if check(result):
-                            break  # a result to judge in full: the Flow
-                    except Exception:  # noqa: BLE001 - the Flow asks again and reads it as a failure
-                        break
-                else:
-                    guard.record(token, inner_failed, started)
-                    if listening:
-                        _events.plain_success(guard.name, guard.now() - started, listening)
-                    return result
+            if (
+                first is None
+                and not (listening and inner_failed)
+                and (not guard.result_checks or _passes(guard.result_checks, result))
+            ):
+                guard.record(token, inner_failed, started)
+                if listening:
+                    _events.plain_success(guard.name, guard.now() - started, listening)
+                return result
             # Failed, returned what a check flags, or returned while a call inside judged it a
             # failure (with listeners: something to say): the Flow takes over.
             step: object = _RESUME
