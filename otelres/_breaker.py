@@ -330,16 +330,22 @@ class CircuitBreaker:
         attempt repeats one that failed; the throttle does not refuse it (the retry
         budget bounds retries, and a throttled retry would hide the real error).
         """
+        throttle = self._throttle
+        if throttle is not None and not retry and self._state is _CLOSED and not throttle.admit():
+            next(self._rejections)  # throttled: a rejection with its own reason (see rejection())
+            return REJECTED
+        return self._acquire(retry)
+
+    def _acquire(self, retry: bool = False) -> int:  # noqa: ARG002 - acquire()'s signature
+        """:meth:`acquire` without the throttle (a :class:`~otelres.Guard` of a breaker
+        without one binds this: the throttle's test stays off the hot path).
+        """
         epoch = self._epoch
         state = self._state
         if state is _CLOSED:
             # Lock-free: the epoch was read first, so if the state changed in
             # between, the token is stale and its outcome cannot move the state.
-            throttle = self._throttle
-            if throttle is None or retry or throttle.admit():
-                return epoch
-            next(self._rejections)  # throttled: a rejection with its own reason (see rejection())
-            return REJECTED
+            return epoch
         if state is _FORCED_OPEN or (state is _OPEN and self._clock.monotonic() < self._open_until):
             # Lock-free too: an open circuit whose wait is not over rejects whatever
             # else changes (a transition under the lock only ever ends the wait).
@@ -418,7 +424,7 @@ class CircuitBreaker:
         """The attempt ended in a way that counts neither way (its permit is returned)."""
         self.record(token, None, 0.0)
 
-    def record(self, token: int, failed: bool | None, started: float) -> None:  # noqa: PLR0915 - one frame: the hot path
+    def record(self, token: int, failed: bool | None, started: float) -> None:
         """Report the outcome of the attempt admitted with ``token``.
 
         ``failed`` is True for a failure, False for a success and None for an
@@ -427,6 +433,10 @@ class CircuitBreaker:
         throttle = self._throttle
         if throttle is not None and failed is not None:
             throttle.record(not failed)  # the dependency answered: accepted unless it failed
+        self._record(token, failed, started)
+
+    def _record(self, token: int, failed: bool | None, started: float) -> None:
+        """:meth:`record` without the throttle (what a Guard of a breaker without one binds)."""
         policy = self.policy
         slow_limit = policy.slow_call_seconds
         if (

@@ -231,9 +231,11 @@ class Guard:
         #: What a rejection raises: CircuitOpenError, or a subclass that is also a
         #: patched library's own "could not reach the server" error.
         self.error_class = error_class
-        # Bound once: the drivers and the flow call these on every call.
-        self.acquire = breaker.acquire
-        self.record = breaker.record
+        # Bound once: the drivers and the flow call these on every call (without the
+        # throttle's test when the breaker has none).
+        throttled = breaker.throttle is not None
+        self.acquire = breaker.acquire if throttled else breaker._acquire
+        self.record = breaker.record if throttled else breaker._record
         self.now = self.clock.monotonic
         self.in_flight = budget.calls
         #: True when no policy looks at a call's result (the flow's fast path).
