@@ -56,9 +56,10 @@ def _observe_in_flight(options: CallbackOptions) -> Iterable[Observation]:
 def _observe_shed(options: CallbackOptions) -> Iterable[Observation]:
     # The process's running totals, not a sum over the live limiters: a limiter collected after
     # shedding would take its sheds with it, and a counter must not go down.
-    totals = shed_total()
-    if not any(totals.values()) and not _limiters():
+    # Reported while the process has a limited middleware, as the gauges are.
+    if not _limiters():
         return []
+    totals = shed_total()
     return [metrics.Observation(count, _REASONS[reason]) for reason, count in totals.items()]
 
 

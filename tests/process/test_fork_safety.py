@@ -40,6 +40,7 @@ from otelres import (
     _config,
     _events,
     _instrument,
+    _limit,
     _registry,
 )
 from otelres.instrumentation import _rejections
@@ -457,6 +458,7 @@ def every_lock() -> list[tuple[str, object, str]]:
         ("FakeClock", FakeClock(), "_lock"),
         ("CapturedEvents", CapturedEvents(), "_lock"),
         ("AdaptiveThrottle", otelres.AdaptiveThrottle(), "_lock"),
+        ("_limit", _limit, "_shed_lock"),
     ]
 
 
