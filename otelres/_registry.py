@@ -280,6 +280,15 @@ class Registry:
         """The breaker for ``name``."""
         return self.entry(name)[0]
 
+    def fresh(self, guard: Guard, settings: Settings | None) -> bool:
+        """Whether ``guard``, which this registry gave while its settings were ``settings``,
+        is still what it gives: the settings are the same and the breaker of the guard's name
+        is still the guard's (:meth:`clear` makes new ones). For an integration that keeps a
+        guard per connection or pool instead of asking on every call.
+        """
+        found = self._entries.get(guard.name)
+        return self.settings is settings and found is not None and found[0] is guard.breaker
+
     def breakers(self) -> list[CircuitBreaker]:
         """Every breaker, in creation order."""
         return [breaker for breaker, _ in list(self._entries.values())]

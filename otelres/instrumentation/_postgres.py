@@ -281,10 +281,6 @@ class Driver:
         return default_registry().guard(name, self.connect)
 
 
-#: What a registry without the breaker of a name holds for it.
-_NO_ENTRY = (None, None)
-
-
 class _ConnectionRecord:
     """What the statements of one connection share: its database's breaker name,
     and that name's statement guard for the registry and settings it came from.
@@ -358,13 +354,8 @@ class Connections:
             if record is None:
                 return None
         registry = default_registry()
-        settings = registry.settings
-        if (
-            record.registry is not registry
-            or record.settings is not settings
-            # Registry.clear(): the breaker of the name is a new one.
-            or registry._entries.get(record.guard.name, _NO_ENTRY)[0] is not record.guard.breaker
-        ):
+        if record.registry is not registry or not registry.fresh(record.guard, record.settings):
+            settings = registry.settings  # read first: a guard made under newer ones is renewed next time
             record.guard = registry.guard(record.name, self.statement)
             record.registry, record.settings = registry, settings
         return record.guard

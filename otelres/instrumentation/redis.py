@@ -221,9 +221,6 @@ class _Pool:
         self.settings: Settings | None = None
 
 
-#: What a registry without the breaker of a name holds for it.
-_NO_ENTRY = (None, None)
-
 #: id(pool) -> what its commands share; an entry goes with its pool, and when full
 #: (somebody's pools that cannot go) the map is emptied.
 _pools: dict[int, _Pool] = {}
@@ -269,13 +266,8 @@ def _pool(client: Any) -> _Pool | None:
     if record is None or record.ref() is not pool or record.retry is not retry:
         record = _learn(client, pool, retry)
     registry = default_registry()
-    settings = registry.settings
-    if (
-        record.registry is not registry
-        or record.settings is not settings
-        # Registry.clear(): the breaker of the name is a new one.
-        or registry._entries.get(record.guard.name, _NO_ENTRY)[0] is not record.guard.breaker
-    ):
+    if record.registry is not registry or not registry.fresh(record.guard, record.settings):
+        settings = registry.settings  # read first: a guard made under newer ones is renewed next time
         record.guard = registry.guard(record.name, _PROFILE)
         record.registry, record.settings = registry, settings
     return record

@@ -156,10 +156,6 @@ def _attempt(conn: Any, method: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
-#: What a registry without the breaker of a name holds for it.
-_NO_ENTRY = (None, None)
-
-
 class _Database:
     """What the statements of one connection (and its cursors) share: the breaker
     name, and its statement guard for the registry and settings it came from.
@@ -176,15 +172,9 @@ class _Database:
     def guard(self) -> Guard:
         """The statement guard of :attr:`name`: the registry's current one."""
         registry = default_registry()
-        settings = registry.settings
         guard = self._guard
-        if (
-            guard is None
-            or self._registry is not registry
-            or self._settings is not settings
-            # Registry.clear(): the breaker of the name is a new one.
-            or registry._entries.get(guard.name, _NO_ENTRY)[0] is not guard.breaker
-        ):
+        if guard is None or self._registry is not registry or not registry.fresh(guard, self._settings):
+            settings = registry.settings  # read first: a guard made under newer ones is renewed next time
             self._guard = guard = registry.guard(self.name, _STATEMENT)
             self._registry, self._settings = registry, settings
         return guard

@@ -400,3 +400,17 @@ def test_guard_rejects_a_bad_name_and_a_bad_breaker() -> None:
         reg.guard("")
     with pytest.raises(otelres.ConfigError, match="invalid value for breaker"):
         reg.guard("dep", breaker="closed")  # type: ignore[arg-type]
+
+
+def test_a_kept_guard_is_fresh_until_the_settings_change_or_the_registry_is_cleared() -> None:
+    """Registry.fresh(): what an integration that keeps a guard per connection asks before using it."""
+    registry = otelres.Registry()
+    settings = registry.settings
+    guard = registry.guard("https://api.example.com:443")
+    assert registry.fresh(guard, settings)
+    assert not registry.fresh(guard, None)
+    registry.clear()  # new breakers: the kept guard's is not the name's any more
+    assert not registry.fresh(guard, registry.settings)
+    guard = registry.guard("https://api.example.com:443")
+    assert registry.fresh(guard, registry.settings)
+    assert not registry.fresh(registry.guard("https://other.example.com:443"), otelres.load_settings(env={}))
