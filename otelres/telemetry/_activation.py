@@ -21,7 +21,6 @@ from otelres._patches import Patches
 from otelres._sdk import has_meter_provider, has_tracer_provider
 
 from ._calls import CallTelemetry
-from ._limit import register_limit_instruments
 from ._logs import LogEvents
 
 if TYPE_CHECKING:
@@ -110,7 +109,6 @@ def _refresh() -> None:
             calls.start_tracing(tracer_provider)
         if metering:
             calls.start_metrics(meter_provider)
-            register_limit_instruments(meter_provider)
         if calls is not _calls:
             if _calls is not None:
                 _events.remove_listener(_calls)

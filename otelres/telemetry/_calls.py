@@ -35,6 +35,7 @@ from otelres._events import Event, Listener
 
 from . import names
 from ._fleet import register_fleet_gauges
+from ._limit import register_limit_instruments
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -110,6 +111,7 @@ class _Instruments:
             description="1 for each breaker's current state, 0 for the others.",
         )
         register_fleet_gauges(meter)
+        register_limit_instruments(meter)
 
     def _after_fork_in_child(self) -> None:
         """A forked child is a process of its own (its own ``service.instance.id``, its own

@@ -9,13 +9,10 @@ no middleware has a limit.
 
 from __future__ import annotations
 
-import sys
-import threading
 from typing import TYPE_CHECKING
 
 from opentelemetry import metrics
 
-from otelres import _fork
 from otelres._limit import LIVE, SHED_REASONS, shed_total
 
 from . import names
@@ -23,7 +20,7 @@ from . import names
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from opentelemetry.metrics import CallbackOptions, Observation
+    from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
     from otelres._limit import Limiter
 
@@ -63,23 +60,10 @@ def _observe_shed(options: CallbackOptions) -> Iterable[Observation]:
     return [metrics.Observation(count, _REASONS[reason]) for reason, count in totals.items()]
 
 
-#: The meter providers the instruments were created on (held, as the call instruments' are).
-_registered: set[object] = set()
-_lock = threading.Lock()
-_fork.renew(sys.modules[__name__], "_lock")
-
-
-def register_limit_instruments(meter_provider: metrics.MeterProvider | None) -> None:
-    """Create the limit's instruments on ``meter_provider``'s otelres meter, once per provider
-    (a second set would be duplicates whose callbacks the SDK never calls).
+def register_limit_instruments(meter: Meter) -> None:
+    """Create the limit's instruments on ``meter`` (once per meter provider: the call
+    instruments' set, made once per provider, creates them with its own).
     """
-    from otelres import __version__  # noqa: PLC0415 - otelres imports telemetry: read once it is whole
-
-    with _lock:
-        if meter_provider in _registered:
-            return
-        _registered.add(meter_provider)
-    meter = metrics.get_meter(names.METER_NAME, __version__, meter_provider)
     meter.create_observable_gauge(
         names.SERVER_LIMIT,
         [_observe_limit],
